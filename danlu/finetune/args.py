@@ -1,0 +1,44 @@
+"""Arguments of `danlu finetune` and `danlu merge` (light: no torch import, so --help is instant)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from danlu.config import TrainArgs, arg, check
+
+
+@dataclass
+class FinetuneArgs:
+    """Fine-tune a pretrained model for a downstream task, fully or with LoRA."""
+
+    model: str = arg(help="packaged model name (see `danlu assets list`) or a local model folder / danlu artifact")
+    data: str = arg(help="packaged data set name, or a CSV/TSV/JSONL/Parquet file, or a folder with "
+                         "train/validation/test files")
+    out: str = arg(help="folder for the artifact (written atomically; checkpoints go to OUT.run/)")
+    task: Literal["classify"] = arg("classify", "the downstream task")
+    text_column: str = arg("text", "column holding the input text")
+    label_column: str = arg("label", "column holding the label")
+    max_length: int = arg(128, "truncate inputs to this many tokens")
+    val_ratio: float = arg(0.1, "share of a single data file held out for validation")
+    test_ratio: float = arg(0.1, "share of a single data file held out for the final test")
+    lora: bool = arg(False, "train LoRA adapters (peft) instead of all weights")
+    lora_r: int = arg(8, "LoRA rank")
+    lora_alpha: int = arg(16, "LoRA scaling alpha")
+    lora_dropout: float = arg(0.05, "dropout on the LoRA path")
+    resume: bool = arg(False, "continue a killed run from its last checkpoint in OUT.run/")
+    train: TrainArgs = arg(default_factory=TrainArgs)
+
+    def __post_init__(self) -> None:
+        check(self.max_length >= 8, "--max-length", f"must be >= 8, got {self.max_length}")
+        check(0 < self.val_ratio < 0.5, "--val-ratio", f"must be in (0, 0.5), got {self.val_ratio}")
+        check(0 < self.test_ratio < 0.5, "--test-ratio", f"must be in (0, 0.5), got {self.test_ratio}")
+        check(self.lora_r >= 1, "--lora-r", f"must be >= 1, got {self.lora_r}")
+
+
+@dataclass
+class MergeArgs:
+    """Merge a LoRA artifact's adapters into its base weights, giving a plain model artifact."""
+
+    artifact: str = arg(help="a LoRA artifact made by `danlu finetune --lora`", positional=True)
+    out: str = arg(help="folder for the merged artifact")

@@ -1,0 +1,65 @@
+import shutil
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from danlu.config import TrainArgs
+from danlu.data.classification import load_classification
+from danlu.evaluate.classify import encode
+from danlu.finetune.classify import ClassificationObjective
+from danlu.train.loop import train
+
+
+def setup(tiny_bert, sentiment_csv):
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    data = load_classification(str(sentiment_csv))
+    feats = encode(tok, data.splits["train"].texts, 64)
+    labels = [data.labels.index(y) for y in data.splits["train"].labels]
+    return ClassificationObjective(feats, labels, tok.pad_token_id), [len(f["input_ids"]) for f in feats]
+
+
+def fresh(tiny_bert):
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
+
+
+def test_accumulated_loss_equals_full_batch(tiny_bert, sentiment_csv, tmp_path):
+    objective, lengths = setup(tiny_bert, sentiment_csv)
+    results, weights = [], []
+    for accum in (1, 5):  # 5 micro-batches of uneven padding must give the full-batch loss and update
+        model = fresh(tiny_bert)
+        args = TrainArgs(max_steps=3, batch_size=10, grad_accum=accum, lr=1e-3, log_every=1, warmup_ratio=0)
+        results.append(train(model, objective, lengths, args, tmp_path / f"a{accum}"))
+        weights.append(model.classifier.weight.detach().clone())
+    losses = [[e["loss"] for e in r.history if "loss" in e] for r in results]
+    assert len(losses[0]) == 3
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_continues_exactly(tiny_bert, sentiment_csv, tmp_path):
+    objective, lengths = setup(tiny_bert, sentiment_csv)
+    args = TrainArgs(max_steps=8, batch_size=8, lr=1e-3, log_every=1, save_every=4, keep_checkpoints=3)
+    full = train(fresh(tiny_bert), objective, lengths, args, tmp_path / "full", resume_key={"k": 1})
+    # Simulate a run killed after its step-4 checkpoint: keep only that checkpoint.
+    run = tmp_path / "killed"
+    shutil.copytree(tmp_path / "full", run)
+    shutil.rmtree(run / "checkpoints" / "step-0000008")
+    resumed = train(fresh(tiny_bert), objective, lengths, args, run, resume=True, resume_key={"k": 1})
+    tail = lambda r: [e["loss"] for e in r.history if "loss" in e and e["step"] > 4]  # noqa: E731
+    assert len(tail(full)) == 4
+    assert tail(resumed) == tail(full)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 8  # the curve is whole again, without duplicated steps
+
+
+def test_resume_refuses_other_config(tiny_bert, sentiment_csv, tmp_path):
+    import pytest
+
+    from danlu.errors import DanluError
+
+    objective, lengths = setup(tiny_bert, sentiment_csv)
+    args = TrainArgs(max_steps=2, batch_size=8, save_every=2)
+    train(fresh(tiny_bert), objective, lengths, args, tmp_path / "r", resume_key={"lr": 1})
+    with pytest.raises(DanluError, match="different configuration"):
+        train(fresh(tiny_bert), objective, lengths, args, tmp_path / "r", resume=True, resume_key={"lr": 2})
