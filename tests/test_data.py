@@ -55,3 +55,21 @@ def test_rotten_tomatoes_drops_plot_rows():
     data = load_classification("rotten-tomatoes")
     assert data.labels == ["fresh", "rotten"]
     assert sum(data.split_info["sizes"].values()) == 12808
+
+
+def test_artifacts_are_written_with_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from danlu.artifact import atomic_dir, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "art") as tmp:
+            (tmp / "x").write_text("1")
+        atomic_write_text(tmp_path / "art" / "danlu.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "art").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "art" / "danlu.json").stat().st_mode) == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
