@@ -58,7 +58,8 @@ def predict(args: PredictArgs) -> list[dict]:
     if not texts or any(not t.strip() for t in texts):
         raise DanluError("give one or more non-empty texts, or --input FILE")
     clf = load_classifier(args.artifact)
-    probs = predict_proba(clf.model, clf.tokenizer, encode(clf.tokenizer, texts, clf.max_length))
+    probs = predict_proba(clf.model, clf.tokenizer, encode(clf.tokenizer, texts, clf.max_length),
+                          progress="predicting" if len(texts) > 256 else "")
     rows = [{"text": t, "label": clf.labels[int(p.argmax())],
              "probabilities": {l: round(float(x), 4) for l, x in zip(clf.labels, p)}}
             for t, p in zip(texts, probs)]
@@ -89,7 +90,8 @@ def evaluate(args: EvaluateArgs) -> dict:
                          f"(model labels: {', '.join(clf.labels)})")
     split = data.splits[args.split]
     metrics = {"artifact": str(clf.path), "data": args.data, "split": args.split,
-               **score(clf.model, clf.tokenizer, split.texts, split.labels, clf.labels, clf.max_length)}
+               **score(clf.model, clf.tokenizer, split.texts, split.labels, clf.labels, clf.max_length,
+                        progress="" if args.json else f"evaluating {args.split}")}
     output = Path(args.output or clf.path / f"eval-{args.split}.json")
     atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
     if args.json:

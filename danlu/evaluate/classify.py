@@ -68,18 +68,25 @@ def pad(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Te
 
 
 @torch.inference_mode()
-def predict_proba(model: torch.nn.Module, tokenizer, features: list[dict], batch_size: int = 64
-                  ) -> torch.Tensor:
-    """Class probabilities, (n, num_labels), in the order of `features` (batched by length)."""
+def predict_proba(model: torch.nn.Module, tokenizer, features: list[dict], batch_size: int = 64,
+                  progress: str = "") -> torch.Tensor:
+    """Class probabilities, (n, num_labels), in the order of `features` (batched by length).
+
+    With `progress` set, a progress bar with that title counts the examples."""
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     probs = torch.empty((len(features), model.config.num_labels))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    bar = tqdm(total=len(order), desc=progress, unit="ex", disable=not progress, leave=False, dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in pad([features[i] for i in ids], pad_id).items()}
         logits = model(**batch).logits.float()
         probs[ids] = torch.softmax(logits, dim=-1).cpu()
+        bar.update(len(ids))
+    bar.close()
     return probs
 
 
@@ -103,8 +110,8 @@ def classification_metrics(true: list[str], predicted: list[str], labels: list[s
 
 
 def score(model, tokenizer, texts: list[str], true: list[str], labels: list[str], max_length: int,
-          batch_size: int = 64) -> dict:
-    probs = predict_proba(model, tokenizer, encode(tokenizer, texts, max_length), batch_size)
+          batch_size: int = 64, progress: str = "") -> dict:
+    probs = predict_proba(model, tokenizer, encode(tokenizer, texts, max_length), batch_size, progress)
     predicted = [labels[i] for i in probs.argmax(-1).tolist()]
     metrics = classification_metrics(true, predicted, labels)
     gold = torch.tensor([labels.index(t) for t in true])

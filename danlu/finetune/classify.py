@@ -87,7 +87,8 @@ def finetune_classifier(args: FinetuneArgs) -> Path:
         model.print_trainable_parameters()
 
     def evaluate(m: torch.nn.Module) -> EvalResult:
-        metrics = score(m, tokenizer, val_split.texts, val_split.labels, labels, args.max_length)
+        metrics = score(m, tokenizer, val_split.texts, val_split.labels, labels, args.max_length,
+                        progress="validating")
         return EvalResult({"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                            "loss": metrics["loss"]}, metrics["accuracy"])
 
@@ -106,7 +107,8 @@ def finetune_classifier(args: FinetuneArgs) -> Path:
         load_model(model, str(best))
     model.eval()
     test = data.splits["test"]
-    test_metrics = score(model, tokenizer, test.texts, test.labels, labels, args.max_length) if len(test) else {}
+    test_metrics = (score(model, tokenizer, test.texts, test.labels, labels, args.max_length, progress="testing")
+                    if len(test) else {})
     metrics = {
         "test": test_metrics,
         "best_validation": result.best_metrics,
