@@ -115,15 +115,32 @@ def validation_accuracy(ctx, model, max_length) -> float:
     return score(model.float(), ctx["tokenizer"], val.texts, val.labels, ctx["data"].labels, max_length)["accuracy"]
 
 
+def cpu_model() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    parser.add_argument("--precision", nargs="+", default=None, choices=["bf16", "fp32"],
+                        help="default: bf16 and fp32 where bf16 is native here, else fp32 only")
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--output", default=str(RESULTS))
     opts = parser.parse_args()
 
+    from danlu.hardware import bf16_is_fast
+
+    if opts.precision is None:
+        opts.precision = ["bf16", "fp32"] if bf16_is_fast() else ["fp32"]
+        if not bf16_is_fast():
+            print("bf16 skipped: this CPU has no native bfloat16 (emulated bf16 is far slower than fp32)")
     hp = {"batch": 32, "lr": 1e-4, "warmup_ratio": 0.06, "weight_decay": 0.01, "max_grad_norm": 1.0, "seed": 42}
     model_path, data, tokenizer, features, label_ids, tokenize_seconds = load_features(opts.max_length)
     ctx = {"model_path": model_path, "data": data, "tokenizer": tokenizer, "features": features,
@@ -131,7 +148,8 @@ def main() -> None:
     samples = opts.steps * hp["batch"]
     report = {"model": "minilm-l6", "data": "rotten-tomatoes (train split)", "steps": opts.steps,
               "samples_per_run": samples, "max_length": opts.max_length, **hp,
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu_model(),
+              "native_bf16": bf16_is_fast(),
               "tokenize_seconds_train_split": round(tokenize_seconds, 3),
               "load_average_at_start": os.getloadavg(), "precisions": {}}
     systems = {"danlu": lambda bf16: run_danlu(ctx, opts.steps, bf16, hp),

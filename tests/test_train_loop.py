@@ -63,3 +63,33 @@ def test_resume_refuses_other_config(tiny_bert, sentiment_csv, tmp_path):
     train(fresh(tiny_bert), objective, lengths, args, tmp_path / "r", resume_key={"lr": 1})
     with pytest.raises(DanluError, match="different configuration"):
         train(fresh(tiny_bert), objective, lengths, args, tmp_path / "r", resume=True, resume_key={"lr": 2})
+
+
+def test_bf16_only_where_the_hardware_has_it(tiny_bert, sentiment_csv, tmp_path, capsys):
+    """--bf16 autocasts where bfloat16 is native (AMX/AVX512-BF16 CPUs, recent GPUs); elsewhere torch would
+    emulate it ~50x slower than float32, so the run falls back to float32 and says so."""
+    from danlu import hardware
+
+    objective, lengths = setup(tiny_bert, sentiment_csv)
+    hardware._warn_once.cache_clear()
+    result = train(fresh(tiny_bert), objective, lengths, TrainArgs(max_steps=1, batch_size=8, bf16=True),
+                   tmp_path / "bf16")
+    err = capsys.readouterr().err
+    if hardware.bf16_is_fast():
+        assert result.precision == "bf16" and "--bf16 ignored" not in err
+    else:
+        assert result.precision == "fp32"
+        assert "--bf16 ignored" in err and "no native bfloat16" in err
+    plain = train(fresh(tiny_bert), objective, lengths, TrainArgs(max_steps=1, batch_size=8), tmp_path / "fp32")
+    assert plain.precision == "fp32"
+
+
+def test_bf16_is_fast_reads_the_cpu_flags(monkeypatch):
+    from danlu import hardware
+
+    for amx, avx512_bf16, expected in [(False, False, False), (True, False, True), (False, True, True)]:
+        hardware.bf16_is_fast.cache_clear()
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert hardware.bf16_is_fast("cpu") is expected
+    hardware.bf16_is_fast.cache_clear()

@@ -115,6 +115,7 @@ def finetune_classifier(args: FinetuneArgs) -> Path:
         "best_step": result.best_step,
         "steps": result.steps,
         "train_examples_per_second": round(result.examples_per_second, 2),
+        "precision": result.precision,
     }
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))

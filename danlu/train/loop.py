@@ -50,6 +50,7 @@ class TrainResult:
     train_seconds: float
     train_examples: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    precision: str = "fp32"  # what the run really used ("bf16" autocast or "fp32")
 
     @property
     def examples_per_second(self) -> float:
@@ -103,8 +104,10 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
     from accelerate import Accelerator
 
     if accelerator is None:
+        from danlu.hardware import use_bf16
+
         _forget_single_process_state()
-        accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no")
+        accelerator = Accelerator(mixed_precision="bf16" if use_bf16(args.bf16) else "no")
     rank, world = accelerator.process_index, accelerator.num_processes
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = total_steps(args, len(lengths))
@@ -193,7 +196,8 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
                               f"{args.early_stopping_patience} evaluations")
             break
     progress.close()
-    return TrainResult(step, state["best_step"], state["best_metrics"], train_seconds, seen, history)
+    precision = "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
+    return TrainResult(step, state["best_step"], state["best_metrics"], train_seconds, seen, history, precision)
 
 
 def _evaluate(model, evaluate, accelerator, state, step, args, history, metrics_path, run_dir,
