@@ -34,7 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_import_noise() -> None:
+    """Silence warnings that libraries print on import and that say nothing about the user's work:
+    torchao's wheel carries CUDA/other-Python kernels it cannot load on a CPU build of torch, and then
+    registers enums the way torch 2.13 deprecates."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_import_noise()
     parser = build_parser()
     ns = parser.parse_args(argv)
     if not ns.command:
