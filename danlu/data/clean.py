@@ -17,7 +17,7 @@ _SPACES = re.compile(r"[ \t\u3000]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 # A sentence ends at . ! ? (and their CJK forms) followed by space, or at a CJK full stop directly,
 # or at a line break. The whitespace after the end belongs to the next sentence.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|(?<=[。！？；])[」』”）]*|\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|(?<=[。！？；])[」』”）]*|(?=\n)")
 
 
 def normalize(text: str) -> str:

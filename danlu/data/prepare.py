@@ -105,7 +105,11 @@ def _encode_and_write(tokenizer, docs_path: Path, n_docs: int, validation: set[i
 
     writers = {split: ShardWriter(folder, split, dtype, separator, shard_tokens)
                for split in ("train", "validation")}
-    backend = tokenizer.backend_tokenizer
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()  # some saved tokenizers pad or truncate every encoding (e.g. to 128)
+    backend.no_truncation()
     batch: list[tuple[int, list[str]]] = []
 
     def flush() -> None:

@@ -1,7 +1,8 @@
 """Subword tokenizers for pretraining: trained with `tokenizers` (BPE, WordPiece, Unigram), or an
 existing model's tokenizer. CJK characters are split one per pre-token in all three trained kinds, as
 BERT's Chinese models do, so Chinese text never turns into a flood of unknown tokens: each character
-is in the vocabulary (byte-level BPE can even spell unseen ones from bytes)."""
+is in the vocabulary, and characters never seen in training are spelled in bytes (byte-level BPE,
+Unigram with byte fallback) or cost one [UNK] each (WordPiece, as in BERT), never a whole run of text."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ CJK_PATTERN = (r"[\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3400-\u4
 
 def minimum_vocab_size(kind: str) -> int:
     """The smallest vocabulary a kind can have: its special tokens plus its base alphabet."""
-    return len(SPECIAL_TOKENS) + (256 if kind == "bpe" else 26)
+    return len(SPECIAL_TOKENS) + (256 if kind in ("bpe", "unigram") else 26)
 
 
 def _new_tokenizer(kind: str):
@@ -60,15 +61,18 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, total: int
     common = {"vocab_size": vocab_size, "special_tokens": SPECIAL_TOKENS, "show_progress": False}
     if kind == "bpe":
         trainer = trainers.BpeTrainer(**common, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      min_frequency=2, max_token_length=24)
+                                      max_token_length=24)
     elif kind == "wordpiece":
-        trainer = trainers.WordPieceTrainer(**common, continuing_subword_prefix="##", min_frequency=2)
-    else:
-        trainer = trainers.UnigramTrainer(**common, unk_token="[UNK]", max_piece_length=16)
+        trainer = trainers.WordPieceTrainer(**common, continuing_subword_prefix="##")
+    else:  # 256 places are kept for the byte pieces added below
+        trainer = trainers.UnigramTrainer(**{**common, "vocab_size": vocab_size - 256}, unk_token="[UNK]",
+                                          max_piece_length=16)
     try:
         tokenizer.train_from_iterator(texts, trainer=trainer, length=total)
     except Exception as e:  # the Rust trainers raise plain Exceptions for impossible settings
         raise DanluError(f"could not train the {kind} tokenizer with --vocab-size {vocab_size}: {e}") from None
+    if kind == "unigram":
+        tokenizer = _with_byte_fallback(tokenizer)
     trained = tokenizer.get_vocab_size()
     if trained > vocab_size:
         # The trainers keep every character of the alphabet even past vocab_size.
@@ -77,6 +81,22 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, total: int
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
                                    bos_token="[CLS]", eos_token="[SEP]")
+
+
+def _with_byte_fallback(tokenizer):
+    """A trained Unigram tokenizer that spells characters it does not know as UTF-8 byte pieces
+    (<0xE4><0xB8><0x80>) instead of [UNK], as SentencePiece's byte fallback (Llama's tokenizer) does."""
+    import json
+
+    from tokenizers import Tokenizer, decoders
+
+    spec = json.loads(tokenizer.to_str())
+    lowest = min(score for _, score in spec["model"]["vocab"][len(SPECIAL_TOKENS):] or [(None, 0.0)])
+    spec["model"]["vocab"] += [[f"<0x{b:02X}>", lowest - 10.0] for b in range(256)]
+    spec["model"]["byte_fallback"] = True
+    rebuilt = Tokenizer.from_str(json.dumps(spec))
+    rebuilt.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(prepend_scheme="first")])
+    return rebuilt
 
 
 def load_existing_tokenizer(name_or_path: str):

@@ -108,6 +108,8 @@ def _render(nodes) -> str:
             tag = str(node.tag).strip().lower()
             if tag in ("br", "hr"):
                 out.append("\n")
+            elif tag in ("li", "dt", "dd"):  # list items: marked, and their lines dropped below
+                out.append("*")
             elif tag not in DROPPED_TAGS and node.contents is not None:
                 out.append(_render(node.contents.nodes))
         elif kind == "HTMLEntity":

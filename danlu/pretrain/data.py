@@ -89,7 +89,8 @@ class SentenceChunks:
                 for start, end in shard.document_sentences(d):
                     chunk.append((start, end))
                     size += end - start
-                    if size >= budget:
+                    # At least two sentences, so that the true next segment exists (as often as the random one).
+                    if size >= budget and len(chunk) >= 2:
                         self._add(chunk, s, d)
                         chunk, size = [], 0
                 if chunk:
