@@ -93,7 +93,9 @@ class SentenceChunks:
                     if size >= budget and len(chunk) >= 2:
                         self._add(chunk, s, d)
                         chunk, size = [], 0
-                if chunk:
+                if len(chunk) == 1 and self.where and self.where[-1] == (s, d):
+                    self.spans[-1].extend(chunk)  # a lone last sentence joins the chunk before it
+                elif chunk:
                     self._add(chunk, s, d)
         self.lengths = [min(budget, sum(e - b for b, e in spans)) + 3 for spans in self.spans]
         self.doc_starts = [i for i in range(len(self.where)) if i == 0 or self.where[i] != self.where[i - 1]]
@@ -138,16 +140,15 @@ class SentenceChunks:
 
 
 def _truncate_pair(a: np.ndarray, b: np.ndarray, budget: int, rng: np.random.Generator):
-    """Trim the longer segment (from its front or back at random, as BERT does) until both fit."""
+    """Trim the longer segment, from its front or back at random, until both fit (BERT's rule, which
+    removes one token at a time from the longer one; here in steps, with the same result lengths)."""
     while len(a) + len(b) > budget:
-        longer = a if len(a) > len(b) else b
-        cut = max(1, len(a) + len(b) - budget) if len(longer) > 1 else 0
-        cut = min(cut, len(longer) - 1)
-        if cut == 0:
+        excess = len(a) + len(b) - budget
+        a_longer = len(a) >= len(b)
+        longer, shorter = (a, b) if a_longer else (b, a)
+        cut = max(1, min(excess, len(longer) - len(shorter)))
+        if len(longer) <= cut:
             break
         trimmed = longer[cut:] if rng.random() < 0.5 else longer[:-cut]
-        if longer is a:
-            a = trimmed
-        else:
-            b = trimmed
+        a, b = (trimmed, b) if a_longer else (a, trimmed)
     return a, b
