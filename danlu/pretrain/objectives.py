@@ -86,24 +86,8 @@ class MaskedLM(_Seeded):
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"] != IGNORE).sum())
 
-    def sums(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"mlm": _mlm_sum(model, batch)[0]}
-
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return _mlm_sum(model, batch)[0]
-
-
-def _mlm_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-    """Sum of the MLM loss over masked positions. The vocabulary projection is applied only to the
-    masked positions (15% of them), not to the whole sequence as BertForMaskedLM.forward does."""
-    encoder = model.bert
-    output = encoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                     token_type_ids=batch.get("token_type_ids"))
-    labels = batch["labels"]
-    masked = labels != IGNORE
-    hidden = output.last_hidden_state[masked]  # (masked tokens, hidden)
-    logits = model.cls.predictions(hidden)  # (masked tokens, vocab)
-    return F.cross_entropy(logits.float(), labels[masked], reduction="sum"), output
+        return model(**batch)["loss_sum"]
 
 
 class MaskedLMWithNSP(_Seeded):
@@ -143,16 +127,8 @@ class MaskedLMWithNSP(_Seeded):
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"] != IGNORE).sum())
 
-    def sums(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mlm, output = _mlm_sum(model, batch)
-        logits = model.cls.seq_relationship(output.pooler_output).float()  # (batch, 2)
-        target = batch["next_sentence_label"]
-        return {"mlm": mlm, "nsp": F.cross_entropy(logits, target, reduction="sum"),
-                "nsp_correct": (logits.argmax(-1) == target).sum()}
-
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        sums = self.sums(model, batch)
-        return sums["mlm"] + self.nsp_weight * sums["nsp"]
+        return model(**batch)["loss_sum"]
 
 
 class CausalLM(_Seeded):
@@ -172,11 +148,38 @@ class CausalLM(_Seeded):
         ids = batch["input_ids"]
         return ids.shape[0] * (ids.shape[1] - 1)
 
-    def sums(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"clm": self.loss_sum(model, batch)}
-
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids = batch["input_ids"]
-        logits = model(input_ids=ids).logits[:, :-1]  # (batch, seq - 1, vocab)
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                               reduction="sum")
+        return model(**batch)["loss_sum"]
+
+
+class PretrainingModel(torch.nn.Module):
+    """A Hugging Face model with its pretraining loss as `forward`, returning loss sums.
+
+    The loss lives in `forward` so that DistributedDataParallel (which hooks `forward`) sees the whole
+    computation. For MLM the vocabulary projection is applied only to the masked positions (15%), not
+    to every position as BertForMaskedLM.forward does: most of the head's matmul and softmax is saved.
+    """
+
+    def __init__(self, model: torch.nn.Module, objective: str, nsp_weight: float = 0.0):
+        super().__init__()
+        self.model, self.objective, self.nsp_weight = model, objective, nsp_weight
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                next_sentence_label: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.objective == "clm":
+            logits = self.model(input_ids=input_ids).logits[:, :-1]  # (batch, seq - 1, vocab)
+            clm = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1),
+                                  reduction="sum")
+            return {"loss_sum": clm, "clm": clm}
+        output = self.model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        masked = labels != IGNORE
+        hidden = output.last_hidden_state[masked]  # (masked tokens, hidden)
+        logits = self.model.cls.predictions(hidden)  # (masked tokens, vocab)
+        mlm = F.cross_entropy(logits.float(), labels[masked], reduction="sum")
+        if self.objective == "mlm":
+            return {"loss_sum": mlm, "mlm": mlm}
+        nsp_logits = self.model.cls.seq_relationship(output.pooler_output).float()  # (batch, 2)
+        nsp = F.cross_entropy(nsp_logits, next_sentence_label, reduction="sum")
+        return {"loss_sum": mlm + self.nsp_weight * nsp, "mlm": mlm, "nsp": nsp,
+                "nsp_correct": (nsp_logits.argmax(-1) == next_sentence_label).sum()}

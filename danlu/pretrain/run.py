@@ -62,10 +62,11 @@ def make_evaluator(objective, batch_size: int, max_sequences: int, device_of):
         tokens = examples = 0
         for start in range(0, len(indices), batch_size):
             batch = {k: v.to(device) for k, v in objective.collate(indices[start:start + batch_size]).items()}
-            for key, value in objective.sums(model, batch).items():
+            for key, value in model(**batch).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             tokens += objective.count(batch)
             examples += len(batch["input_ids"])
+        sums.pop("loss_sum")
         key = "clm" if "clm" in sums else "mlm"
         loss = sums[key] / max(tokens, 1)
         metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
@@ -132,7 +133,10 @@ def pretrain(args: PretrainArgs) -> Path:
     stage_args = to_dict(args)
     resume_key = {k: v for k, v in stage_args.items() if k not in NOT_IN_RESUME_KEY}
     resume_key.update(data_fingerprint=data.fingerprint(), arch=arch, config_overrides=read_overrides(args.config))
-    result = train(model, train_objective, lengths_of(train_objective, args.seq_len), args.train, run_dir,
+    from danlu.pretrain.objectives import PretrainingModel
+
+    wrapper = PretrainingModel(model, args.objective, getattr(train_objective, "nsp_weight", 0.0))
+    result = train(wrapper, train_objective, lengths_of(train_objective, args.seq_len), args.train, run_dir,
                    evaluate=evaluate, resume=args.resume, resume_key=resume_key,
                    warmup_steps=args.warmup_steps, schedule=args.schedule)
     from accelerate import PartialState
