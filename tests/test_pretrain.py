@@ -199,3 +199,22 @@ def test_resume_from_a_different_config_is_refused(prepared, tmp_path, monkeypat
     assert "objective: checkpoint 'clm' vs now 'mlm'" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0  # the same arguments resume (here: nothing left to train)
     assert (tmp_path / "r" / "model.safetensors").exists()
+
+
+@pytest.mark.e2e
+def test_continued_pretraining_of_smollm2(tmp_path, capsys):
+    """Domain adaptation: the packaged SmolLM2-135M continues causal-LM training on text tokenized with
+    its own tokenizer; MLM on that data is refused (the tokenizer has no mask token)."""
+    data = tmp_path / "smol-data"
+    prepare(PrepareArgs(corpus=[str(ASSETS / "en_sample.txt")], out=str(data), tokenizer="smollm2-135m",
+                        seq_len=32, val_ratio=0.2))
+    out = tmp_path / "smol"
+    assert main(["pretrain", "--data", str(data), "--out", str(out), "--objective", "clm", "--init", "smollm2-135m",
+                 "--seq-len", "32", "--batch-size", "2", "--max-steps", "2", "--eval-every", "2",
+                 "--eval-sequences", "4", "--lr", "1e-5", "--bf16"]) == 0
+    manifest = json.loads((out / "danlu.json").read_text())
+    assert manifest["arch"] == "llama" and manifest["parent"].endswith("smollm2-135m")
+    # A pretrained model starts far below the unigram baseline on ordinary English.
+    assert manifest["metrics"]["validation"]["loss"] < manifest["metrics"]["unigram_entropy"]
+    assert main(["pretrain", "--data", str(data), "--out", str(tmp_path / "x"), "--objective", "mlm"]) == 2
+    assert "has no mask token" in capsys.readouterr().err
