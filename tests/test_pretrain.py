@@ -210,8 +210,8 @@ def test_continued_pretraining_of_smollm2(tmp_path, capsys):
                         seq_len=32, val_ratio=0.2))
     out = tmp_path / "smol"
     assert main(["pretrain", "--data", str(data), "--out", str(out), "--objective", "clm", "--init", "smollm2-135m",
-                 "--seq-len", "32", "--batch-size", "2", "--max-steps", "2", "--eval-every", "2",
-                 "--eval-sequences", "4", "--lr", "1e-5", "--bf16"]) == 0
+                 "--seq-len", "32", "--batch-size", "2", "--max-steps", "1", "--eval-every", "1",
+                 "--eval-sequences", "2", "--lr", "1e-5"]) == 0
     manifest = json.loads((out / "danlu.json").read_text())
     assert manifest["arch"] == "llama" and manifest["parent"].endswith("smollm2-135m")
     # A pretrained model starts far below the unigram baseline on ordinary English.
