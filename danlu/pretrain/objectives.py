@@ -18,7 +18,7 @@ from danlu.pretrain.data import PackedWindows, SentenceChunks
 IGNORE = -100
 
 
-class _Masker:
+class Masker:
     """BERT's masking: `prob` of the maskable tokens are predicted; of those 80% become [MASK],
     10% a random token, 10% stay as they are."""
 
@@ -67,7 +67,7 @@ def _pad(rows: list[np.ndarray], value: int) -> torch.Tensor:
 class MaskedLM(_Seeded):
     """Masked LM on packed windows: [CLS] window [SEP], `seq_len` tokens, no padding."""
 
-    def __init__(self, windows: PackedWindows, masker: _Masker, cls_id: int, sep_id: int, seed: int):
+    def __init__(self, windows: PackedWindows, masker: Masker, cls_id: int, sep_id: int, seed: int):
         super().__init__(seed)
         self.windows, self.masker, self.cls_id, self.sep_id = windows, masker, cls_id, sep_id
 
@@ -98,7 +98,7 @@ class MaskedLMWithNSP(_Seeded):
     expected number of masked tokens per example, so the two terms keep BERT's balance.
     """
 
-    def __init__(self, chunks: SentenceChunks, masker: _Masker, cls_id: int, sep_id: int, pad_id: int,
+    def __init__(self, chunks: SentenceChunks, masker: Masker, cls_id: int, sep_id: int, pad_id: int,
                  seed: int):
         super().__init__(seed)
         self.chunks, self.masker = chunks, masker

@@ -24,7 +24,7 @@ NOT_IN_RESUME_KEY = {"resume", "out", "log_every", "keep_checkpoints", "save_eve
 
 def build_objective(objective: str, data: Prepared, split: str, seq_len: int, mask_prob: float, seed: int):
     """The objective over one split of the prepared data."""
-    from danlu.pretrain.objectives import CausalLM, MaskedLM, MaskedLMWithNSP, _Masker
+    from danlu.pretrain.objectives import CausalLM, MaskedLM, MaskedLMWithNSP, Masker
 
     shards = data.splits.get(split, [])
     if objective == "clm":
@@ -36,7 +36,7 @@ def build_objective(objective: str, data: Prepared, split: str, seq_len: int, ma
     cls_id = data.special("cls") if data.special("cls") is not None else data.special("bos")
     sep_id = data.meta["separator_id"]
     special = [v for v in data.meta["special_ids"].values() if v is not None]
-    masker = _Masker(data.vocab_size, special, mask_id, mask_prob)
+    masker = Masker(data.vocab_size, special, mask_id, mask_prob)
     if objective == "mlm":
         return MaskedLM(PackedWindows(shards, seq_len - 2), masker, cls_id, sep_id, seed)
     pad_id = data.special("pad") if data.special("pad") is not None else 0
