@@ -198,14 +198,19 @@ def main() -> None:
             "profile_danlu_top_ops": profile_danlu(ctx, bf16, hp),
         }
         report["precisions"][precision] = entry
+        _write(opts.output, report)  # after each precision: a long bf16 run cannot lose the fp32 numbers
         print(f"{precision}: danlu/HF Trainer = {ratio:.2f}x; danlu {median['danlu']:.0f} tokens/s = "
               f"{entry['fraction_of_matmul_peak']['danlu']:.1%} (6ND, all parameters) / "
               f"{entry['fraction_of_matmul_peak_non_embedding']['danlu']:.1%} (non-embedding) of the "
               f"{max(peak, peak_after) / 1e9:.0f} GFLOP/s matmul peak", flush=True)
-    report["load_average_at_end"] = os.getloadavg()
-    Path(opts.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.output).write_text(json.dumps(report, indent=2) + "\n")
+    _write(opts.output, report)
     print(f"wrote {opts.output}")
+
+
+def _write(output: str, report: dict) -> None:
+    report["load_average_at_end"] = os.getloadavg()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
