@@ -29,6 +29,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/finetune_vs_hf.py
+	$(PY) benchmarks/pretrain_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,6 +16,8 @@ COMMANDS = {
     "merge": ("danlu.finetune.args", "MergeArgs", "danlu.finetune.classify", "merge_lora"),
     "predict": ("danlu.commands", "PredictArgs", "danlu.commands", "predict"),
     "evaluate": ("danlu.commands", "EvaluateArgs", "danlu.commands", "evaluate"),
+    "prepare": ("danlu.data.prepare", "PrepareArgs", "danlu.data.prepare", "prepare"),
+    "pretrain": ("danlu.pretrain.args", "PretrainArgs", "danlu.pretrain.run", "pretrain"),
     "run": ("danlu.recipe", "RunArgs", "danlu.recipe", "run"),
 }
 

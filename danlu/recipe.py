@@ -32,7 +32,21 @@ def stage_table():
 
         return finetune_classifier(args)
 
-    return {"finetune": (FinetuneArgs, finetune), "evaluate": (EvaluateArgs, evaluate)}
+    def prepare(args):
+        from danlu.data.prepare import prepare as prepare_corpus
+
+        return prepare_corpus(args)
+
+    def pretrain(args):
+        from danlu.pretrain.run import pretrain as pretrain_model
+
+        return pretrain_model(args)
+
+    from danlu.data.prepare import PrepareArgs
+    from danlu.pretrain.args import PretrainArgs
+
+    return {"prepare": (PrepareArgs, prepare), "pretrain": (PretrainArgs, pretrain),
+            "finetune": (FinetuneArgs, finetune), "evaluate": (EvaluateArgs, evaluate)}
 
 
 def load_recipe(path: str | Path) -> dict:

@@ -35,6 +35,8 @@ class Objective(Protocol):
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The *sum* of the loss terms of the batch (the loop divides by the global count)."""
 
+    # Optional: `set_epoch(epoch)`, called before the first batch of each epoch (e.g. for new MLM masks).
+
 
 @dataclass
 class EvalResult:
@@ -107,7 +109,10 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
         from danlu.hardware import use_bf16
 
         _forget_single_process_state()
-        accelerator = Accelerator(mixed_precision="bf16" if use_bf16(args.bf16) else "no")
+        # cpu=True where there is no GPU: under torchrun/accelerate launch on CPU, accelerate otherwise
+        # falls back to one process per launch instead of a gloo process group.
+        accelerator = Accelerator(mixed_precision="bf16" if use_bf16(args.bf16) else "no",
+                                  cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = total_steps(args, len(lengths))
@@ -148,6 +153,8 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
         epoch, index = divmod(step, batches_per_epoch)
         if epoch != plan_epoch:
             plan, plan_epoch = epoch_batches(lengths, args.batch_size, args.seed, epoch), epoch
+            if hasattr(objective, "set_epoch"):
+                objective.set_epoch(epoch)
         started = time.perf_counter()
         micro = [objective.collate(ids) for ids in shard(plan[index], rank, world, args.grad_accum) if ids]
         micro = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro]
