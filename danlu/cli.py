@@ -17,6 +17,8 @@ COMMANDS = {
     "predict": ("danlu.commands", "PredictArgs", "danlu.commands", "predict"),
     "evaluate": ("danlu.commands", "EvaluateArgs", "danlu.commands", "evaluate"),
     "run": ("danlu.recipe", "RunArgs", "danlu.recipe", "run"),
+    "compress": ("danlu.compress.args", "CompressArgs", "danlu.compress.search", "compress"),
+    "export": ("danlu.compress.args", "ExportArgs", "danlu.export.onnx", "export_command"),
 }
 
 

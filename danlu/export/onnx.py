@@ -88,7 +88,7 @@ def quantize_static_graph(src: Path, dst: Path, batches: Iterable[dict[str, torc
 
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=["MatMul", "Gemm"],
+                    op_types_to_quantize=["MatMul", "Gather"],  # Gather: the embedding tables
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "ActivationSymmetric": False})
 
 
@@ -145,6 +145,14 @@ def write_onnx_variant(parent: Path, folder: Path, optimize: int, quantize: str,
     inputs = export_graph(model, tokenizer, raw, opset)
     info: dict = {"inputs": inputs, "opset": opset, "optimize": optimize, "quantize": quantize}
     current = raw
+    if quantize == "int8-static":
+        # Calibrate on the plain graph (ONNX shape inference knows its types, not those of the fused
+        # com.microsoft ops); ONNX Runtime folds the QDQ pairs into int8 MatMuls when it loads the graph.
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(raw), str(work / "prepared.onnx"), skip_symbolic_shape=True)
+        current, optimize = work / "prepared.onnx", 0
+        info["optimize"] = "at load (ONNX Runtime session)"
     if optimize:
         fused = work / "fused.onnx"
         model_type = "bert" if model.config.model_type in ("bert", "roberta", "distilbert", "xlm-roberta") else None
