@@ -7,6 +7,10 @@ from typing import Literal
 
 from danlu.config import arg, check
 
+# The methods danlu compress knows (danlu/compress/search.py maps each to its function).
+METHOD_NAMES = ["bf16", "int8-dynamic", "int8-static", "int8-weight-only", "int4-weight-only", "onnx", "onnx-int8",
+                "prune-structured", "prune-magnitude", "distill", "share-layers"]
+
 
 @dataclass
 class CompressArgs:
@@ -19,8 +23,8 @@ class CompressArgs:
                              "its train split calibrates and trains, its test split scores. Required for "
                              "classifiers; for decoders a text file (default: a held-out slice of wiki-sample)")
     methods: list[str] = arg(default_factory=lambda: ["all"], nargs="+",
-                             help="methods to try (`all`, or names; `A+B` applies B to A's variant, e.g. "
-                                  "distill+int8-dynamic); see the list in `danlu compress --help` epilog")
+                             help="methods to try: `all`, or names from " + ", ".join(METHOD_NAMES)
+                                  + "; `A+B` applies B to A's variant (e.g. distill+int8-dynamic)")
     max_accuracy_drop: float = arg(1.0, "largest accuracy loss allowed, in points (1.0 = one percentage "
                                         "point); for decoders, the largest perplexity increase in percent")
     objective: Literal["latency", "throughput", "size"] = arg(
@@ -30,11 +34,13 @@ class CompressArgs:
     repeats: int = arg(5, "timed repeats; latency and throughput are medians over them")
     latency_samples: int = arg(32, "texts timed one at a time (batch 1) in each repeat")
     throughput_batches: int = arg(4, "batches of 32 texts timed in each repeat")
-    train_epochs: float = arg(2.0, "epochs of training for distill / share-layers / the recovery after pruning")
+    train_epochs: float = arg(2.0, "epochs of training for distill and share-layers (the recovery after "
+                                   "prune-structured runs half as many)")
     train_max_steps: int = arg(0, "cap on those training steps (0 = use --train-epochs)")
     train_lr: float = arg(1e-4, "learning rate of those trainings")
     train_bf16: bool = arg(True, "train with bf16 autocast where the hardware has it")
-    distill_layers: int = arg(3, "layers of the distilled and layer-shared students")
+    distill_layers: int = arg(3, "layers of the distilled student (its layers start as every "
+                                    "n/k-th layer of the teacher)")
     temperature: float = arg(2.0, "distillation temperature of the soft targets")
     soft_weight: float = arg(0.5, "weight of the soft-target loss (the rest goes to the hard labels)")
     hidden_weight: float = arg(0.0, "weight of a cosine loss matching student and teacher hidden states")
