@@ -39,7 +39,7 @@ def search(classifier, sentiment_csv, tmp_path_factory):
     search_module.METHODS["boom"] = (__name__, "crash")
     out = tmp_path_factory.mktemp("search") / "out"
     code = main(["compress", str(classifier), "--eval-data", str(sentiment_csv), "--out", str(out),
-                 "--methods", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8", "int4-weight-only", "boom",
+                 "--methods", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8", "int4-weight-only", "boom", "boom+bf16",
                  "prune-structured", "prune-magnitude", "distill", "distill+int8-dynamic", "share-layers",
                  "--repeats", "1", "--latency-samples", "2", "--throughput-batches", "1", "--train-max-steps", "3",
                  "--distill-layers", "1", "--hidden-weight", "0.5", "--calibration-samples", "32",
@@ -64,6 +64,7 @@ def test_every_method_gives_a_row_and_the_search_survives_a_crash(search):
         assert rows[name]["latency_ms"] > 0 and rows[name]["throughput"] > 0 and rows[name]["peak_memory_mb"] > 0
     assert rows["boom"]["status"] == "failed" and rows["boom"]["reason"] == "RuntimeError: kaboom in the method"
     assert "kaboom" in Path(rows["boom"]["log"]).read_text()
+    assert rows["boom+bf16"]["status"] == "skipped" and "boom failed above" in rows["boom+bf16"]["reason"]
     assert rows["int4-weight-only"]["status"] == "skipped" and "decod" in rows["int4-weight-only"]["reason"]
 
 

@@ -116,7 +116,7 @@ def compress(args: CompressArgs) -> dict:
         raise DanluError(f"cannot measure the original {parent}: {e}") from None
     results["rows"].append({"variant": "original", "method": "original", "status": "ok", "path": str(parent),
                             **original})
-    made: dict[str, Path] = {"": parent}
+    made: dict[str, Path | BaseException] = {"": parent}  # variant key -> its folder, or the error it raised
     for name in methods:
         row = _run_method(name, made, data, labels, saved, args, out, test, measure_args)
         results["rows"].append(row)
@@ -146,6 +146,8 @@ def _run_method(name: str, made: dict[str, Path], data, labels, saved, args: Com
     try:
         for i, part in enumerate(parts):
             key = "+".join(parts[: i + 1])
+            if isinstance(made.get(key), BaseException):  # a stage that already failed in an earlier row
+                raise NotApplicable(f"{key} failed above: {made[key]}")
             if key in made:
                 continue
             job = CompressJob(parent=made["+".join(parts[:i])], out=out / "variants" / key, data=data, labels=labels,
@@ -153,7 +155,13 @@ def _run_method(name: str, made: dict[str, Path], data, labels, saved, args: Com
                               seed=args.seed, threads=args.threads,
                               options={k: getattr(args, k) for k in OPTION_FIELDS})
             module, function = METHODS[part]
-            made[key] = Path(getattr(importlib.import_module(module), function)(job))
+            try:
+                made[key] = Path(getattr(importlib.import_module(module), function)(job))
+            except NotApplicable:
+                raise
+            except Exception as e:
+                made[key] = e
+                raise
         row["make_seconds"] = round(time.perf_counter() - started, 2)
         folder = made[name]
         row["path"] = str(folder)
