@@ -78,8 +78,9 @@ class ExportArgs:
     artifact: str = arg(help="a classification artifact", positional=True)
     out: str = arg(help="folder for the ONNX artifact (model.onnx, config, tokenizer, danlu.json)")
     format: Literal["onnx"] = arg("onnx", "export format")
-    optimize: int = arg(99, "ONNX Runtime graph optimisation: 0 none, 1 basic, 2 extended, 99 all "
-                            "(1 and above also run the transformer fusions: attention, LayerNorm, GELU)")
+    optimize: int = arg(99, "offline graph optimisation: 0 none (the session still applies ONNX Runtime's "
+                            "defaults on load), 1 basic, 2 extended, 99 all; 1 and above also run the "
+                            "transformer fusions (attention, LayerNorm, GELU)")
     quantize: Literal["none", "int8"] = arg("none", "int8: dynamic int8 quantization of the optimised graph")
     eval_data: str = arg("", "data whose test split checks label agreement with PyTorch "
                              "(default: the artifact's own fine-tuning data where it is recorded)")
