@@ -213,11 +213,9 @@ def tokens_per_second(model, tokenizer, prompts: list[str], new_tokens: int, rep
 
 def measure_decoder(folder: str, text: str, threads: int = 0, repeats: int = 3, new_tokens: int = 32) -> dict:
     """Perplexity, tokens/s at batch 1 and 16, size and peak memory of one decoder variant (this process)."""
-    import resource
-
     from transformers import AutoTokenizer
 
-    from danlu.compress.measure import size_on_disk
+    from danlu.compress.measure import peak_rss_bytes, size_on_disk
 
     if threads:
         torch.set_num_threads(threads)
@@ -229,7 +227,7 @@ def measure_decoder(folder: str, text: str, threads: int = 0, repeats: int = 3, 
            "tokens_per_second_b1": tokens_per_second(model, tokenizer, prompts[:1], new_tokens, repeats),
            "tokens_per_second_b16": tokens_per_second(model, tokenizer, prompts, new_tokens, repeats),
            "size_mb": size_on_disk(Path(folder)) / 1e6, "threads": torch.get_num_threads()}
-    row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    row["peak_memory_mb"] = peak_rss_bytes() / 1e6
     return row
 
 

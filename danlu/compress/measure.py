@@ -52,8 +52,6 @@ def measure_in_subprocess(folder: Path, texts: list[str], labels: list[str], wor
 def measure(folder: str, texts: list[str], labels: list[str], threads: int = 0, repeats: int = 5,
             latency_samples: int = 32, throughput_batches: int = 4, seed: int = 42) -> dict:
     """The row of the compression table for one variant (in this process)."""
-    import resource
-
     import psutil
     import torch
 
@@ -92,7 +90,7 @@ def measure(folder: str, texts: list[str], labels: list[str], threads: int = 0, 
             for batch in batches:
                 model(**batch)
             throughputs.append(len(features) / (time.perf_counter() - t))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    peak = peak_rss_bytes()
     return {
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
@@ -108,6 +106,20 @@ def measure(folder: str, texts: list[str], labels: list[str], threads: int = 0, 
         "threads": torch.get_num_threads(),
         "parameters": stored_parameters(Path(folder)),
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a
+    child started from a large parent would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def stored_parameters(folder: Path) -> int | None:
