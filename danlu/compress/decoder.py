@@ -199,7 +199,9 @@ def tokens_per_second(model, tokenizer, prompts: list[str], new_tokens: int, rep
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+    device = next(model.parameters()).device  # only ids and mask: generate() refuses e.g. token_type_ids
+    batch = {k: encoded[k].to(device) for k in ("input_ids", "attention_mask")}
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                   pad_token_id=tokenizer.pad_token_id)
     model.generate(**batch, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
