@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.danlu-installed
 ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test bench bench-compress clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/finetune_vs_hf.py
 	$(PY) benchmarks/pretrain_throughput.py
+
+# danlu compress's chosen variant vs PyTorch fp32 / dynamic int8 / optimum-onnx (which pins transformers
+# 4.57, so it gets its own venv, made by --setup). COMPRESS_OUT is a `danlu compress --out` folder.
+COMPRESS_OUT ?= runs/compress
+bench-compress: $(STAMP)
+	test -x /work/bench-venv-optimum/bin/python || $(PY) benchmarks/compress_vs_peers.py --setup
+	flock /tmp/danlu-bench.lock $(PY) benchmarks/compress_vs_peers.py --variant $(COMPRESS_OUT)/chosen
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,6 +19,8 @@ COMMANDS = {
     "prepare": ("danlu.data.prepare", "PrepareArgs", "danlu.data.prepare", "prepare"),
     "pretrain": ("danlu.pretrain.args", "PretrainArgs", "danlu.pretrain.run", "pretrain"),
     "run": ("danlu.recipe", "RunArgs", "danlu.recipe", "run"),
+    "compress": ("danlu.compress.args", "CompressArgs", "danlu.compress.search", "compress"),
+    "export": ("danlu.compress.args", "ExportArgs", "danlu.export.onnx", "export_command"),
 }
 
 

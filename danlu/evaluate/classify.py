@@ -27,7 +27,17 @@ def load_classifier(artifact: str, device: str | None = None) -> Classifier:
     path = resolve_model(artifact)
     manifest = read_manifest(path)
     check_safe_weights(path)
-    if (path / "adapter_config.json").exists():
+    if (path / "model.onnx").exists():  # an ONNX artifact (danlu export / compress): runs on onnxruntime
+        from danlu.export.onnx import OnnxClassifier
+
+        model, device = OnnxClassifier(path), "cpu"
+    elif manifest.get("load"):  # a compressed variant that needs a step on load (danlu/compress/variant.py)
+        from danlu.compress.variant import load_variant_model
+
+        model = load_variant_model(path)
+        if manifest["load"].get("cpu_only"):
+            device = "cpu"
+    elif (path / "adapter_config.json").exists():
         from peft import AutoPeftModelForSequenceClassification
 
         model = AutoPeftModelForSequenceClassification.from_pretrained(str(path)).merge_and_unload()
@@ -41,6 +51,12 @@ def load_classifier(artifact: str, device: str | None = None) -> Classifier:
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     max_length = int(manifest.get("args", {}).get("max_length", 128))
     return Classifier(model, tokenizer, labels, max_length, path)
+
+
+def model_device(model) -> torch.device:
+    """Where the model's inputs go (an ONNX Runtime wrapper has no parameters, only `.device`)."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 def encode(tokenizer, texts: list[str], max_length: int) -> list[dict[str, list[int]]]:
@@ -75,7 +91,7 @@ def predict_proba(model: torch.nn.Module, tokenizer, features: list[dict], batch
     With `progress` set, a progress bar with that title counts the examples."""
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     probs = torch.empty((len(features), model.config.num_labels))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
