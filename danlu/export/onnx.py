@@ -8,7 +8,9 @@ that `danlu evaluate`/`predict` run on onnxruntime through `OnnxClassifier`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -139,11 +141,37 @@ def write_onnx_variant(parent: Path, folder: Path, optimize: int, quantize: str,
     if any("quantized" in type(m).__module__ for m in model.modules()):
         raise NotApplicable("the parent holds PyTorch-quantized modules, which ONNX export does not take")
     tokenizer = AutoTokenizer.from_pretrained(str(parent))
-    work = folder / ".work"
+    work = Path(folder).resolve() / ".work"
     work.mkdir(parents=True, exist_ok=True)
     raw = work / "raw.onnx"
     inputs = export_graph(model, tokenizer, raw, opset)
     info: dict = {"inputs": inputs, "opset": opset, "optimize": optimize, "quantize": quantize}
+    with _working_directory(work):  # ONNX Runtime's shape inference drops temp files into the cwd
+        current = _optimize_and_quantize(model, raw, work, optimize, quantize, calibration, info)
+    shutil.move(str(current), folder / "model.onnx")
+    shutil.rmtree(work)
+    config = model.config
+    config._attn_implementation = "eager"
+    config.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return info
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _optimize_and_quantize(model, raw: Path, work: Path, optimize: int, quantize: str,
+                           calibration: list[dict[str, torch.Tensor]] | None, info: dict) -> Path:
+    """The graph after ONNX Runtime's fusions and quantization, as asked; returns its path in `work`."""
+    from danlu.compress.job import NotApplicable
+
     current = raw
     if quantize == "int8-static":
         # Calibrate on the plain graph (ONNX shape inference knows its types, not those of the fused
@@ -171,13 +199,7 @@ def write_onnx_variant(parent: Path, folder: Path, optimize: int, quantize: str,
     elif quantize == "int8-static":
         quantize_static_graph(current, work / "int8-static.onnx", calibration or [])
         current = work / "int8-static.onnx"
-    shutil.move(str(current), folder / "model.onnx")
-    shutil.rmtree(work)
-    config = model.config
-    config._attn_implementation = "eager"
-    config.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return info
+    return current
 
 
 def parity_check(parent: Path, onnx_folder: Path, texts: list[str], max_length: int) -> dict:
