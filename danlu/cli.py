@@ -17,6 +17,7 @@ COMMANDS = {
     "predict": ("danlu.commands", "PredictArgs", "danlu.commands", "predict"),
     "evaluate": ("danlu.commands", "EvaluateArgs", "danlu.commands", "evaluate"),
     "run": ("danlu.recipe", "RunArgs", "danlu.recipe", "run"),
+    "serve": ("danlu.serve.args", "ServeArgs", "danlu.serve.app", "serve"),
 }
 
 
