@@ -183,6 +183,8 @@ class DecoderEngine:
         for seq in [s for s in self.prefilling + self.decoding if s.id in self.cancelled]:
             self._release(seq)
             seq.finished = True
+            if self.metrics:
+                self.metrics.finished(seq, time.perf_counter())
         self.cancelled.clear()
 
     def _release(self, seq: Sequence) -> None:
