@@ -40,9 +40,9 @@ class TextTracker:
         return self._take(safe)
 
     def flush(self) -> str:
-        """At the end: everything not yet sent (held-back prefixes of stop strings included)."""
-        text = self.text.rstrip("\ufffd") if not self.stopped else self.text
-        return self._take(len(text))
+        """At the end: everything not yet sent (held-back stop-string prefixes and a character cut
+        by max_tokens included, so the text equals `tokenizer.decode` of the tokens)."""
+        return self._take(len(self.text))
 
     def _take(self, upto: int) -> str:
         if upto <= self.sent:
