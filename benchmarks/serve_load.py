@@ -36,9 +36,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serve_load.json"
 LLAMA_VENV = Path(os.environ.get("DANLU_LLAMA_VENV", "/work/bench-venv-llama"))
-LLAMA_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON "
-                    "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
-                    "-DGGML_AMX_BF16=OFF")
+# The default (native) PyPI build segfaulted in decode on the AVX-512/AMX Xeon (MACHINE-NOTES); the AVX-512 flags
+# that work there make a library that dies with SIGILL on an AVX2-only CPU (seen on an AMD EPYC host). So the
+# flags follow the CPU we are on.
+_AVX2 = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+_AVX512 = (" -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF"
+           " -DGGML_AMX_BF16=OFF")
+
+
+def llama_cmake_args() -> str:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return _AVX2 + (_AVX512 if "avx512f" in flags else "")
 TOPICS = ["the moon", "coffee", "volcanoes", "the ocean", "bicycles", "honey bees", "the printing press", "rain",
           "chess", "bread", "lighthouses", "penguins", "the violin", "glaciers", "trains", "tea", "owls", "maps",
           "clocks", "deserts", "gardens", "rivers", "bridges", "libraries", "kites", "snow", "cats", "the sun",
@@ -59,7 +70,7 @@ def setup_llama() -> None:
     """Build llama-cpp-python[server] into its own venv with the flags that work on this CPU."""
     if not (LLAMA_VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(LLAMA_VENV)], check=True)
-    env = {**os.environ, "CMAKE_ARGS": LLAMA_CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
+    env = {**os.environ, "CMAKE_ARGS": llama_cmake_args(), "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
     subprocess.run(["nice", "-n", "10", str(LLAMA_VENV / "bin" / "pip"), "install", "--no-cache-dir",
                     "llama-cpp-python[server]==0.3.36"], check=True, env=env)
 
