@@ -18,6 +18,12 @@ inter-token latency p50/p99; and the ratios danlu / peer of the throughput.
     .venv/bin/python benchmarks/serve_load.py [--setup] [--duration 20] [--rounds 2] [--levels 1 4 16 64]
 
 Writes benchmarks/results/serve_load.json. Run the measurement alone: `flock /tmp/danlu-bench.lock ...`.
+
+Known problems (first run, 2026-11-24, AMD EPYC AVX2 host): the naive server streamed no tokens to this
+client (0 tok/s at every level: not yet debugged), and the serialising llama-cpp-python server got 0 tok/s
+from 4 clients on, because requests abandoned at the end of a window still run before the next window's;
+a drain probe between windows (wait for a 1-token request to complete) is needed before these peer
+numbers mean anything. Only its 1-client figure and danlu's figures from that run are usable.
 """
 
 from __future__ import annotations
