@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.danlu-installed
 ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample
 
-.PHONY: setup quickstart test bench bench-compress clean
+.PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,13 @@ COMPRESS_OUT ?= runs/compress
 bench-compress: $(STAMP)
 	test -x /work/bench-venv-optimum/bin/python || $(PY) benchmarks/compress_vs_peers.py --setup
 	flock /tmp/danlu-bench.lock $(PY) benchmarks/compress_vs_peers.py --variant $(COMPRESS_OUT)/chosen
+
+# llama.cpp for the serving benchmark lives in its own venv (never the project's), built with flags that work here.
+bench-serve-setup: $(STAMP)
+	$(PY) benchmarks/serve_load.py --setup --servers danlu --levels 1 --duration 1 --rounds 1 --out /tmp/serve_load_setup.json
+
+bench-serve: $(STAMP)
+	flock /tmp/danlu-bench.lock $(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -21,6 +21,7 @@ COMMANDS = {
     "run": ("danlu.recipe", "RunArgs", "danlu.recipe", "run"),
     "compress": ("danlu.compress.args", "CompressArgs", "danlu.compress.search", "compress"),
     "export": ("danlu.compress.args", "ExportArgs", "danlu.export.onnx", "export_command"),
+    "serve": ("danlu.serve.args", "ServeArgs", "danlu.serve.app", "serve"),
 }
 
 

@@ -1,0 +1,157 @@
+"""Dynamic micro-batching for encoders: /v1/embeddings and /v1/classify.
+
+Requests put their texts on a queue; one worker thread takes everything that arrived within
+`batch_wait_ms` of the first waiting text (up to `max_batch_size` texts), runs one forward pass,
+and hands each request its rows back on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from danlu.serve.engine import QueueFull
+
+
+@dataclass
+class _Item:
+    texts: list[str]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    arrival: float
+
+
+class MicroBatcher:
+    """Runs `run(texts) -> (results, token_counts)` over micro-batches gathered from many requests."""
+
+    def __init__(self, run: Callable[[list[str]], tuple[list[Any], list[int]]], max_batch_size: int,
+                 batch_wait_ms: float, max_queue: int, metrics=None):
+        self.run, self.max_batch_size = run, max_batch_size
+        self.wait_s, self.max_queue, self.metrics = batch_wait_ms / 1000, max_queue, metrics
+        self.queue: deque[_Item] = deque()
+        self.cond = threading.Condition()
+        self.running = False
+        self.busy = 0
+        self.thread: threading.Thread | None = None
+
+    async def submit(self, texts: list[str]) -> tuple[list[Any], list[int]]:
+        loop = asyncio.get_running_loop()
+        item = _Item(texts, loop.create_future(), loop, time.perf_counter())
+        with self.cond:
+            if sum(len(i.texts) for i in self.queue) + len(texts) > self.max_queue + self.max_batch_size:
+                raise QueueFull
+            self.queue.append(item)
+            self.cond.notify()
+        return await item.future
+
+    def stats(self) -> dict[str, int]:
+        return {"waiting": sum(len(i.texts) for i in self.queue), "running": self.busy}
+
+    def start(self) -> None:
+        self.running = True
+        self.thread = threading.Thread(target=self._loop, name="danlu-encoder", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify()
+        if self.thread:
+            self.thread.join(timeout=30)
+
+    def _take_batch(self) -> list[_Item]:
+        with self.cond:
+            while self.running and not self.queue:
+                self.cond.wait(timeout=1.0)
+            if not self.queue:
+                return []
+            deadline = self.queue[0].arrival + self.wait_s
+            while (self.running and sum(len(i.texts) for i in self.queue) < self.max_batch_size
+                   and time.perf_counter() < deadline):
+                self.cond.wait(timeout=max(0.0, deadline - time.perf_counter()))
+            items, count = [], 0
+            while self.queue and (not items or count + len(self.queue[0].texts) <= self.max_batch_size):
+                item = self.queue.popleft()
+                items.append(item)
+                count += len(item.texts)
+            return items
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while self.running or self.queue:
+                items = self._take_batch()
+                if not items:
+                    continue
+                texts = [t for item in items for t in item.texts]
+                self.busy = len(texts)
+                if self.metrics:
+                    self.metrics.set_load(self.stats()["waiting"], len(texts))
+                results, counts = [], []
+                try:
+                    for start in range(0, len(texts), self.max_batch_size):
+                        r, c = self.run(texts[start:start + self.max_batch_size])
+                        results += r
+                        counts += c
+                    offset = 0
+                    for item in items:
+                        n = len(item.texts)
+                        part = (results[offset:offset + n], counts[offset:offset + n])
+                        item.loop.call_soon_threadsafe(_resolve, item.future, part, None)
+                        offset += n
+                except Exception as e:  # a failed batch fails its requests, never the server
+                    for item in items:
+                        item.loop.call_soon_threadsafe(_resolve, item.future, None, e)
+                now = time.perf_counter()
+                if self.metrics:
+                    for item in items:
+                        self.metrics.e2e.observe(now - item.arrival)
+                    self.metrics.prompt_tokens.inc(sum(counts))
+                self.busy = 0
+
+
+def _resolve(future: asyncio.Future, result, error) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def embedder_runner(model, tokenizer, max_length: int) -> Callable:
+    """Mean-pooled (over real tokens), L2-normalised sentence embeddings, as sentence-transformers does."""
+    device = next(model.parameters()).device
+
+    def run(texts: list[str]) -> tuple[list[list[float]], list[int]]:
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        hidden = model(**enc).last_hidden_state.float()  # (batch, seq, hidden)
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        vectors = torch.nn.functional.normalize(pooled, dim=-1)
+        return vectors.cpu().tolist(), enc["attention_mask"].sum(1).tolist()
+
+    return run
+
+
+def classifier_runner(classifier) -> Callable:
+    """Label and probabilities per text, through danlu.evaluate.classify (any artifact it loads)."""
+    from danlu.evaluate.classify import encode, predict_proba
+
+    def run(texts: list[str]) -> tuple[list[dict], list[int]]:
+        features = encode(classifier.tokenizer, texts, classifier.max_length)
+        probs = predict_proba(classifier.model, classifier.tokenizer, features, batch_size=len(texts))
+        results = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            results.append({"label": classifier.labels[best],
+                            "probabilities": dict(zip(classifier.labels, row))})
+        return results, [len(f["input_ids"]) for f in features]
+
+    return run

@@ -1,0 +1,127 @@
+"""The decoder engine in-process: greedy parity with `generate` under continuous batching, cancellation,
+and the stop-string detokenizer."""
+
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from danlu.serve.engine import DecoderEngine, QueueFull, Sequence
+from danlu.serve.sampling import SamplingParams
+from danlu.serve.text import TextTracker
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a width-32 model gains nothing from more, and a busy machine hurts a lot
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    yield model, AutoTokenizer.from_pretrained(str(tiny_llama))
+    torch.set_num_threads(threads)
+
+
+def run_all(engine, seqs, timeout=120):
+    done = threading.Semaphore(0)
+    events = {}
+    for seq in seqs:
+        original = seq.emit
+
+        def emit(event, seq=seq, original=original):
+            events.setdefault(seq.id, []).append(event)
+            original(event)
+            if event.finish_reason:
+                done.release()
+        seq.emit = emit
+    engine.submit(seqs)
+    for _ in seqs:
+        assert done.acquire(timeout=timeout)
+    return events
+
+
+def test_greedy_tokens_match_generate_alone_whatever_the_batch(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    # 5 slots for 24 sequences (so they queue, join and leave), 16-token prefill chunks (so long prompts
+    # are prefilled over several steps while others decode), prompts of 1..120 tokens
+    engine = DecoderEngine(model, tokenizer, max_batch_size=5, max_queue=100, max_model_len=512,
+                           prefill_chunk=16)
+    engine.start()
+    try:
+        rng = random.Random(0)
+        prompts = [[rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 120))] for _ in range(24)]
+        lengths = [rng.randint(1, 25) for _ in prompts]
+        seqs = [Sequence(p, SamplingParams(max_tokens=n, temperature=0), lambda e: None, tokenizer)
+                for p, n in zip(prompts, lengths)]
+        # some sampled sequences in the same batch must not disturb the greedy ones
+        noise = [Sequence(prompts[i], SamplingParams(max_tokens=10, temperature=1.0, seed=i), lambda e: None,
+                          tokenizer) for i in range(4)]
+        events = run_all(engine, seqs + noise)
+    finally:
+        engine.stop()
+    for prompt, n, seq in zip(prompts, lengths, seqs):
+        reference = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                   max_new_tokens=n, do_sample=False)[0, len(prompt):].tolist()
+        assert seq.generated == reference
+        last = events[seq.id][-1]
+        assert last.completion_tokens == len(reference) and last.prompt_tokens == len(prompt)
+        assert last.finish_reason == ("stop" if reference[-1] == tokenizer.eos_token_id else "length")
+    assert engine.stats()["running"] == 0 and engine.stats()["waiting"] == 0
+
+
+def test_cancel_frees_the_slot_and_full_queue_refuses(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    engine = DecoderEngine(model, tokenizer, max_batch_size=1, max_queue=1, max_model_len=512, prefill_chunk=64)
+    engine.start()
+    try:
+        got = threading.Event()
+        long = Sequence([1, 2, 3], SamplingParams(max_tokens=400, temperature=0, ignore_eos=True),
+                        lambda e: got.set(), tokenizer)
+        engine.submit([long])
+        assert got.wait(30)
+        waiting = Sequence([4, 5], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True), lambda e: None,
+                           tokenizer)
+        engine.submit([waiting])
+        with pytest.raises(QueueFull):
+            engine.submit([Sequence([6], SamplingParams(), lambda e: None, tokenizer)])
+        engine.cancel(long)
+        for _ in range(300):  # the cancel takes effect at the next step; then `waiting` gets the slot
+            if engine.stats()["waiting"] == 0:
+                break
+            time.sleep(0.1)
+        events = run_all(engine, [Sequence([7, 8], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True),
+                                           lambda e: None, tokenizer)])
+        assert list(events.values())[0][-1].completion_tokens == 2
+        assert len(long.generated) < 400 and long.finished and waiting.finished
+    finally:
+        engine.stop()
+
+
+class _CharTokenizer:
+    """One character per token id (ord), so stop-string cases are easy to write."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(map(chr, ids))
+
+
+def feed(text: str, stop: list[str]) -> tuple[list[str], TextTracker]:
+    tracker = TextTracker(_CharTokenizer(), stop)
+    out = []
+    for ch in text:
+        out.append(tracker.add(ord(ch)))
+        if tracker.stopped:
+            break
+    out.append(tracker.flush())
+    return out, tracker
+
+
+def test_stop_strings_cut_the_text_and_prefixes_are_held_back():
+    out, tracker = feed("hello world. bye", ["world"])
+    assert "".join(out) == "hello " and tracker.stopped
+    assert "w" not in "".join(out[:7])  # "w", "wo", ... were held back until they could not be the stop
+    out, tracker = feed("a wobbly wonder", ["world"])
+    assert "".join(out) == "a wobbly wonder" and not tracker.stopped
+    out, _ = feed("x END y", ["END", " y"])
+    assert "".join(out) == "x "
