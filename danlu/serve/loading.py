@@ -24,24 +24,16 @@ def choose_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_amx() -> bool:
-    """True on CPUs with AMX-BF16 tiles (where bf16 matmuls are several times faster than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
-
-
 def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 where the hardware computes it fast (CUDA with bf16, CPUs with AMX), else float32."""
+    """`auto` is bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs with AMX or
+    AVX512-BF16), else float32: on an AVX2-only CPU torch emulates bf16, far slower than float32."""
+    from danlu.hardware import bf16_is_fast
+
     if dtype == "float32":
         return torch.float32
     if dtype == "bfloat16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_amx() else torch.float32
+    return torch.bfloat16 if bf16_is_fast(device.type) else torch.float32
 
 
 def model_kind(path: Path) -> str:
@@ -65,15 +57,22 @@ def model_kind(path: Path) -> str:
 def load_decoder(path: Path, dtype: torch.dtype, device: torch.device):
     """A causal LM and its tokenizer, in eval mode, cast to `dtype` on `device`.
 
-    The weights are cast (never autocast: autocast re-casts every weight at every decode step)."""
+    The weights are cast (never autocast: autocast re-casts every weight at every decode step). A
+    weight-only int8/int4 variant from `danlu compress` keeps its quantized weights (`dtype` then applies
+    to nothing: torchao's kernels choose their own compute type)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_safe_weights(path)
     manifest = read_manifest(path)
     if manifest.get("task") not in (None, "causal-lm", "clm", "pretrain", "generate"):
         raise DanluError(f"{path} is a {manifest['task']!r} artifact, not a decoder")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
-    model.to(device).eval()
+    if (manifest.get("load") or {}).get("weight_only"):
+        from danlu.compress.decoder import load_decoder_variant
+
+        model = load_decoder_variant(path, str(device))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
+        model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer
 

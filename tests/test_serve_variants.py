@@ -1,0 +1,43 @@
+"""`danlu serve` runs the weight-only quantized decoder variants that `danlu compress` writes."""
+
+import torch
+
+from danlu.serve.engine import DecoderEngine, Sequence
+from danlu.serve.loading import choose_dtype, load_decoder
+from danlu.serve.sampling import SamplingParams
+from test_serve_engine import run_all
+
+
+def test_int8_weight_only_variant_serves_the_same_greedy_tokens_as_its_generate(tiny_llama, tmp_path):
+    from danlu.compress.decoder import load_decoder_variant, write_decoder_variant
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        variant = write_decoder_variant(tiny_llama, tmp_path / "int8", "int8-weight-only")
+        model, tokenizer = load_decoder(variant, torch.float32, torch.device("cpu"))
+        assert "Int8" in type(model.model.layers[0].mlp.up_proj.weight).__name__  # still quantized
+        prompt = tokenizer("The capital of France is")["input_ids"]
+        reference = load_decoder_variant(variant, "cpu").generate(
+            torch.tensor([prompt]), max_new_tokens=12, do_sample=False, min_new_tokens=12)[0, len(prompt):].tolist()
+        engine = DecoderEngine(model, tokenizer, max_batch_size=2, max_queue=10, max_model_len=256, prefill_chunk=16)
+        engine.start()
+        try:
+            seq = Sequence(prompt, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), lambda e: None,
+                           tokenizer)
+            run_all(engine, [seq])
+        finally:
+            engine.stop()
+        assert seq.generated == reference
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_auto_dtype_is_bf16_only_where_native(monkeypatch):
+    from danlu import hardware
+
+    monkeypatch.setattr(hardware, "bf16_is_fast", lambda device_type=None: False)
+    assert choose_dtype("auto", torch.device("cpu")) is torch.float32
+    monkeypatch.setattr(hardware, "bf16_is_fast", lambda device_type=None: True)
+    assert choose_dtype("auto", torch.device("cpu")) is torch.bfloat16
+    assert choose_dtype("float32", torch.device("cpu")) is torch.float32
