@@ -145,10 +145,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["bf16", "fp32"])
+    parser.add_argument("--precision", nargs="+", default=None, choices=["bf16", "fp32"],
+                        help="default: fp32 and bf16 where bf16 is native here, else fp32 only")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "danlu-bench-wiki-8k"))
     parser.add_argument("--output", default=str(RESULTS))
     opts = parser.parse_args()
+    from danlu.hardware import bf16_is_fast
+
+    if opts.precision is None:
+        opts.precision = ["fp32", "bf16"] if bf16_is_fast() else ["fp32"]
+        if not bf16_is_fast():
+            print("bf16 skipped: this CPU has no native bfloat16 (emulated bf16 is far slower than fp32)")
 
     from danlu.pretrain.data import load_prepared
     from danlu.pretrain.models import count_parameters
@@ -169,7 +176,7 @@ def main() -> None:
     report = {"model": f"bert-{opts.size} (masked LM)", "parameters": params,
               "non_embedding_parameters": params - embeddings, "data": str(opts.data),
               "vocab_size": data.vocab_size, **hp, "tokens_per_run": tokens, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "load_average_at_start": os.getloadavg(), "precisions": {}}
+              "torch": torch.__version__, "native_bf16": bf16_is_fast(), "load_average_at_start": os.getloadavg(), "precisions": {}}
     systems = {"danlu": run_danlu, "hf-trainer": run_hf}
     for precision in opts.precision:
         bf16 = precision == "bf16"
