@@ -3,9 +3,9 @@ unigram baseline, and NSP accuracy where there is one."""
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
+
+from danlu.report.training import write_markdown_and_html
 
 
 def plot_pretraining(history: list[dict], baseline: float | None, path: Path) -> None:
@@ -54,13 +54,4 @@ def write_pretraining_report(folder: Path, manifest: dict, history: list[dict]) 
             lines += [f"| unigram baseline (entropy of the validation tokens) | {metrics['unigram_entropy']:.4f} |",
                       f"| loss below the baseline | {metrics.get('loss_below_unigram_baseline', 0):.4f} |"]
         lines += [""]
-    lines += ["## Curves", "", "![curve](curve.png)", "", "## Arguments", "", "```",
-              *(f"{k}: {v}" for k, v in manifest["args"].items()), "```", ""]
-    markdown = "\n".join(lines)
-    (folder / "report.md").write_text(markdown, encoding="utf-8")
-    image = base64.b64encode((folder / "curve.png").read_bytes()).decode()
-    body = html.escape(markdown).replace("![curve](curve.png)",
-                                         f'</pre><img src="data:image/png;base64,{image}"><pre>')
-    (folder / "report.html").write_text(
-        f"<!doctype html><meta charset=utf-8><title>danlu pretraining report</title><pre>{body}</pre>\n",
-        encoding="utf-8")
+    write_markdown_and_html(folder, lines, "Curves", manifest["args"], "danlu pretraining report")

@@ -45,12 +45,18 @@ def write_training_report(folder: Path, manifest: dict, history: list[dict]) -> 
         lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
                   for k, v in test["per_class"].items()]
         lines += [""]
-    lines += ["## Training curve", "", "![curve](curve.png)", "", "## Arguments", "", "```",
-              *(f"{k}: {v}" for k, v in manifest["args"].items()), "```", ""]
+    write_markdown_and_html(folder, lines, "Training curve", manifest["args"], "danlu report")
+
+
+def write_markdown_and_html(folder: Path, lines: list[str], curve_title: str, args: dict, title: str) -> None:
+    """report.md (`lines`, then the curve and the stage's arguments) and report.html (the same text, with
+    folder/curve.png embedded so the page stands alone)."""
+    lines = [*lines, f"## {curve_title}", "", "![curve](curve.png)", "", "## Arguments", "", "```",
+             *(f"{k}: {v}" for k, v in args.items()), "```", ""]
     markdown = "\n".join(lines)
     (folder / "report.md").write_text(markdown, encoding="utf-8")
     image = base64.b64encode((folder / "curve.png").read_bytes()).decode()
     body = html.escape(markdown).replace("![curve](curve.png)",
                                          f'</pre><img src="data:image/png;base64,{image}"><pre>')
     (folder / "report.html").write_text(
-        f"<!doctype html><meta charset=utf-8><title>danlu report</title><pre>{body}</pre>\n", encoding="utf-8")
+        f"<!doctype html><meta charset=utf-8><title>{title}</title><pre>{body}</pre>\n", encoding="utf-8")
