@@ -96,21 +96,14 @@ def _iter_paragraph_blocks(path: Path) -> Iterator[str]:
 
 
 def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    import json
+    from danlu.data.tables import iter_jsonl
 
-    with _open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DanluError(f"{path}:{number}: malformed JSON line: {e.msg}") from None
-            if not isinstance(row, dict) or text_field not in row:
-                raise DanluError(f"{path}:{number}: expected a JSON object with a {text_field!r} field "
-                                 f"(set --text-field)")
-            if isinstance(row[text_field], str):
-                yield row[text_field]
+    for number, row in iter_jsonl(path):
+        if not isinstance(row, dict) or text_field not in row:
+            raise DanluError(f"{path}:{number}: expected a JSON object with a {text_field!r} field "
+                             f"(set --text-field)")
+        if isinstance(row[text_field], str):
+            yield row[text_field]
 
 
 def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:

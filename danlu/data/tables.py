@@ -7,7 +7,7 @@ import csv
 import gzip
 import json
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Iterator
 
 from danlu.errors import DanluError
 
@@ -74,20 +74,26 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[dict], list[int]]:
     return rows, lines
 
 
-def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
-    rows, lines = [], []
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a JSON Lines file (.bz2/.gz too), streamed;
+    a line that is not JSON is a DanluError naming the file and line."""
     with _open_text(path) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DanluError(f"{path}:{number}: malformed JSON line: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DanluError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-            lines.append(number)
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+    rows, lines = [], []
+    for number, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DanluError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+        lines.append(number)
     return rows, lines
 
 
