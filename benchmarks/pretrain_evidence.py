@@ -38,6 +38,18 @@ def runs(work: Path, bert_steps: int, llama_steps: int) -> dict[str, list[str]]:
     }
 
 
+def nsp_balance(data: Path) -> dict:
+    """How many validation pairs the NSP accuracy is measured on, and the share of random ones (so that
+    the accuracy can be read against the majority-class rate)."""
+    from danlu.pretrain.data import load_prepared
+    from danlu.pretrain.run import build_objective
+
+    objective = build_objective("mlm+nsp", load_prepared(data), "validation", 128, 0.15, 42)
+    objective.set_epoch(0)
+    labels = objective.collate(list(range(len(objective))))["next_sentence_label"]
+    return {"pairs": len(labels), "random_next_share": round(float(labels.float().mean()), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="scratch folder for the corpus and artifacts")
@@ -76,10 +88,14 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out: dict = {
+        "validation_nsp_pairs": nsp_balance(args.work / "wiki-4k"),
         "prepare": {"command": " ".join(["danlu", *prepare[3:]]), "stats": stats},
         "machine": {"cpus": os.cpu_count(), "threads_per_run": "all" if args.sequential else 1,
-                    "side_by_side": not args.sequential, "load_average_1m": {"min": min(loads), "max": max(loads)},
-                    "precision": "fp32", "wall_seconds": round(time.time() - started, 1)},
+                    "side_by_side": not args.sequential, "precision": "fp32",
+                    "runs_made_now": sorted(todo), "runs_reused_from_work_dir": sorted(set(commands) - set(todo)),
+                    "load_average_1m_while_running": {"min": min(loads), "max": max(loads)} if todo else None,
+                    "wall_seconds": round(time.time() - started, 1) if todo else None,
+                    "note": "each run's own training time is metrics.train_seconds"},
         "runs": {},
     }
     for name, cmd in commands.items():
