@@ -1,29 +1,33 @@
-"""Serving under load: `danlu serve` vs llama.cpp (llama-cpp-python's server) vs a naive transformers server.
+"""Serving under load: `danlu serve` vs llama.cpp (its own `llama-server` and llama-cpp-python's server) vs a naive
+transformers server.
 
-All three serve SmolLM2-135M-Instruct (danlu and the naive server from the packaged model converted to
+All serve SmolLM2-135M-Instruct (danlu and the naive server from the packaged model converted to
 safetensors; llama.cpp from the packaged GGUF Q4_1 file it came from) through the chat endpoint with the same
 chat prompts, greedy, `max_tokens` 64, streaming. For each level of concurrency (1, 4, 16, 64 clients)
 each server is driven for a fixed time by that many clients that each send one request after another;
-the servers take turns level by level (danlu, llama.cpp, naive, danlu, ...) for `--rounds` rounds.
+the servers take turns level by level (danlu, llama-server, llama-cpp-python, naive, danlu, ...) for
+`--rounds` rounds.
 
 Reported per server and level (medians over rounds): aggregate output tokens/s (streamed content chunks
-received inside the window; each chunk carries one token on all three servers), time to first token p50/p99,
+received inside the window; each chunk carries one token on every server), time to first token p50/p99,
 inter-token latency p50/p99; and the ratios danlu / peer of the throughput.
 
-- llama.cpp runs in its own virtual environment (never the project's): `--setup` builds it with the CMAKE_ARGS
-  that work on this CPU (its default PyPI build segfaults in decode here). `make bench-serve-setup` does that.
+- llama.cpp runs from its own virtual environment (never the project's): `--setup` builds llama-cpp-python with
+  the CMAKE_ARGS that work on this CPU (its default PyPI build segfaults in decode on some CPUs), and
+  llama.cpp's own `llama-server` from the same sources. `make bench-serve-setup` does that.
+  `llama-server` (64 parallel slots, continuous batching) is the strong peer; llama-cpp-python's server queues
+  requests (`--interrupt_requests False`; its default cuts the running stream when another request arrives).
 - The naive baseline (`--naive-server`, started by this script) is what people write first: FastAPI + one
-  `model.generate` at a time with a `TextIteratorStreamer`, fp32.
+  `model.generate` at a time, streamed token by token, fp32.
 
     .venv/bin/python benchmarks/serve_load.py [--setup] [--duration 20] [--rounds 2] [--levels 1 4 16 64]
 
 Writes benchmarks/results/serve_load.json. Run the measurement alone: `flock /tmp/danlu-bench.lock ...`.
 
-Known problems (first run, 2026-11-24, AMD EPYC AVX2 host): the naive server streamed no tokens to this
-client (0 tok/s at every level: not yet debugged), and the serialising llama-cpp-python server got 0 tok/s
-from 4 clients on, because requests abandoned at the end of a window still run before the next window's;
-a drain probe between windows (wait for a 1-token request to complete) is needed before these peer
-numbers mean anything. Only its 1-client figure and danlu's figures from that run are usable.
+Between windows the script waits until the server is idle again (a drain probe: a 1-token request must
+come back), because a server that serialises requests (llama-cpp-python) keeps working on requests the
+clients of the last window abandoned, and would otherwise charge them to the next window. Responses other
+than 200 are counted per window (`errors`), so a server that fails requests cannot look merely slow.
 """
 
 from __future__ import annotations
@@ -39,9 +43,12 @@ import sys
 import time
 from pathlib import Path
 
+from fastapi import Body  # module level: FastAPI resolves the handler's annotations from module globals
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serve_load.json"
 LLAMA_VENV = Path(os.environ.get("DANLU_LLAMA_VENV", "/work/bench-venv-llama"))
+LLAMA_SERVER = LLAMA_VENV / "llama-server-build" / "bin" / "llama-server"
 # The default (native) PyPI build segfaulted in decode on the AVX-512/AMX Xeon (MACHINE-NOTES); the AVX-512 flags
 # that work there make a library that dies with SIGILL on an AVX2-only CPU (seen on an AMD EPYC host). So the
 # flags follow the CPU we are on.
@@ -73,12 +80,33 @@ def free_port() -> int:
 
 
 def setup_llama() -> None:
-    """Build llama-cpp-python[server] into its own venv with the flags that work on this CPU."""
+    """Build llama-cpp-python[server] into its own venv with the flags that work on this CPU, and llama.cpp's
+    own `llama-server` (continuous batching over parallel slots) from the llama.cpp sources in that package."""
     if not (LLAMA_VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(LLAMA_VENV)], check=True)
     env = {**os.environ, "CMAKE_ARGS": llama_cmake_args(), "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
-    subprocess.run(["nice", "-n", "10", str(LLAMA_VENV / "bin" / "pip"), "install", "--no-cache-dir",
-                    "llama-cpp-python[server]==0.3.36"], check=True, env=env)
+    installed = subprocess.run([str(LLAMA_VENV / "bin" / "python"), "-c", "import llama_cpp.server"],
+                               capture_output=True).returncode == 0
+    if not installed:
+        subprocess.run(["nice", "-n", "10", str(LLAMA_VENV / "bin" / "pip"), "install", "--no-cache-dir",
+                        "llama-cpp-python[server]==0.3.36"], check=True, env=env)
+    if LLAMA_SERVER.exists():
+        return
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([str(LLAMA_VENV / "bin" / "pip"), "download", "--no-deps", "--no-binary", ":all:", "-d", tmp,
+                        "llama-cpp-python==0.3.36"], check=True)
+        with tarfile.open(next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))) as sdist:
+            sdist.extractall(tmp, filter="data")
+        source = next(Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp"))
+        build = LLAMA_VENV / "llama-server-build"
+        subprocess.run(["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                        *llama_cmake_args().split(), "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF",
+                        "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
+        subprocess.run(["nice", "-n", "10", "cmake", "--build", str(build), "--target", "llama-server", "-j", "2"],
+                       check=True)
 
 
 # ---- the naive baseline server -------------------------------------------------------------------
@@ -90,9 +118,31 @@ def naive_server(model_path: str, port: int, threads: int) -> None:
 
     import torch
     import uvicorn
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import StreamingResponse
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+    from queue import Queue
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    class TokenStreamer(BaseStreamer):
+        """One text piece per generated token (TextIteratorStreamer waits for whole words, which would
+        make this baseline's chunks carry several tokens and its token count come out low)."""
+
+        def __init__(self):
+            self.queue, self.tokens, self.sent, self.prompt_seen = Queue(), [], "", False
+
+        def put(self, value):
+            if not self.prompt_seen:  # generate() first hands over the prompt
+                self.prompt_seen = True
+                return
+            self.tokens.extend(value.reshape(-1).tolist())
+            text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+            self.queue.put(text[len(self.sent):])
+            self.sent = text
+
+        def end(self):
+            self.queue.put(None)
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -105,23 +155,25 @@ def naive_server(model_path: str, port: int, threads: int) -> None:
         return {"status": "ok"}
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        body = await request.json()
+    async def chat(body: dict = Body(...)):  # noqa: B008 (FastAPI's way to take the raw JSON body)
         ids = tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TokenStreamer()
 
         def work():
-            with lock, torch.inference_mode():
-                model.generate(**ids, max_new_tokens=body.get("max_tokens", 64), do_sample=False, streamer=streamer)
+            try:
+                with lock, torch.inference_mode():
+                    model.generate(**ids, max_new_tokens=body.get("max_tokens", 64), do_sample=False,
+                                   streamer=streamer)
+            finally:
+                streamer.end()
 
         threading.Thread(target=work, daemon=True).start()
 
         async def events():
             loop = asyncio.get_running_loop()
-            iterator = iter(streamer)
             while True:
-                piece = await loop.run_in_executor(None, next, iterator, None)
+                piece = await loop.run_in_executor(None, streamer.queue.get)
                 if piece is None:
                     break
                 if piece:
@@ -136,7 +188,7 @@ def naive_server(model_path: str, port: int, threads: int) -> None:
 # ---- driving a server ----------------------------------------------------------------------------
 
 
-async def one_client(client, url, model, texts, start_index, end_time, ttfts, itls, tokens_in_window):
+async def one_client(client, url, model, texts, start_index, end_time, ttfts, itls, tokens_in_window, errors):
     import httpx
 
     i = start_index
@@ -148,6 +200,10 @@ async def one_client(client, url, model, texts, start_index, end_time, ttfts, it
         last = None
         try:
             async with client.stream("POST", url, json=body) as r:
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code}: {(await r.aread())[:200]!r}")
+                    await asyncio.sleep(0.05)
+                    continue
                 async for line in r.aiter_lines():
                     if not line.startswith("data: {"):
                         continue
@@ -163,26 +219,40 @@ async def one_client(client, url, model, texts, start_index, end_time, ttfts, it
                         itls.append(now - last)
                     last = now
                     tokens_in_window[0] += 1
-        except httpx.HTTPError:
+        except httpx.HTTPError as e:
+            errors.append(f"{type(e).__name__}: {e}")
             await asyncio.sleep(0.05)
+
+
+async def drain(client, url: str, model: str, timeout: float = 300.0) -> float:
+    """Wait until the server has finished what earlier clients abandoned: a 1-token request must come back.
+    Returns the seconds it took."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+    start = time.perf_counter()
+    r = await client.post(url, json=body, timeout=timeout)
+    if r.status_code != 200:
+        raise RuntimeError(f"drain probe: {r.status_code} {r.text[:200]}")
+    return time.perf_counter() - start
 
 
 async def drive(base_url: str, model: str, clients: int, duration: float) -> dict:
     import httpx
 
     texts = prompts()
-    ttfts, itls, tokens = [], [], [0]
+    ttfts, itls, tokens, errors = [], [], [0], []
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         start = time.perf_counter()
         end = start + duration
         tasks = [asyncio.create_task(one_client(client, base_url + "/v1/chat/completions", model, texts, k * 7,
-                                                end, ttfts, itls, tokens)) for k in range(clients)]
+                                                end, ttfts, itls, tokens, errors)) for k in range(clients)]
         await asyncio.wait(tasks, timeout=duration + 5)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        drain_s = await drain(client, base_url + "/v1/chat/completions", model)
     return {"tokens_per_s": tokens[0] / duration, "tokens": tokens[0], "requests_started": len(ttfts),
+            "errors": len(errors), "first_errors": errors[:3], "drain_s": round(drain_s, 2),
             "ttft_p50_s": quantile(ttfts, 0.5), "ttft_p99_s": quantile(ttfts, 0.99),
             "itl_p50_s": quantile(itls, 0.5), "itl_p99_s": quantile(itls, 0.99)}
 
@@ -227,7 +297,17 @@ def start_servers(names: list[str], threads: int, log_dir: Path) -> dict:
         elif name == "llamacpp":
             cmd = [str(LLAMA_VENV / "bin" / "python"), "-m", "llama_cpp.server", "--model", gguf, "--port", str(port),
                    "--host", "127.0.0.1", "--n_threads", str(threads), "--n_threads_batch", str(threads),
-                   "--n_ctx", "4096", "--model_alias", "smollm2-135m"]
+                   "--n_ctx", "4096", "--model_alias", "smollm2-135m",
+                   # its default interrupts the running request when another arrives: clients then get cut
+                   # streams; queueing them is how it is meant to serve several clients
+                   "--interrupt_requests", "False"]
+            model = "smollm2-135m"
+        elif name == "llamaserver":
+            # llama.cpp's own server: continuous batching over parallel slots, one per client at most
+            # (context shared by the slots: 256 tokens each, the prompts + 64 new tokens need ~110)
+            cmd = [str(LLAMA_SERVER), "-m", gguf, "--port", str(port), "--host", "127.0.0.1", "-t", str(threads),
+                   "-tb", str(threads), "--parallel", "64", "-c", str(64 * 256), "--alias", "smollm2-135m",
+                   "--log-disable"]
             model = "smollm2-135m"
         else:
             cmd = [sys.executable, __file__, "--naive-server", model_dir, "--port", str(port), "--threads",
@@ -248,8 +328,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per server and level (default 20)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported (default 2)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64], help="concurrent clients")
-    parser.add_argument("--servers", nargs="+", default=["danlu", "llamacpp", "naive"],
-                        choices=["danlu", "llamacpp", "naive"])
+    parser.add_argument("--servers", nargs="+", default=["danlu", "llamaserver", "llamacpp", "naive"],
+                        choices=["danlu", "llamaserver", "llamacpp", "naive"])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every server (default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--naive-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)
@@ -261,6 +341,8 @@ def main() -> None:
         setup_llama()
     if "llamacpp" in args.servers and not (LLAMA_VENV / "bin" / "python").exists():
         sys.exit(f"no llama.cpp venv at {LLAMA_VENV}; run with --setup (or make bench-serve-setup)")
+    if "llamaserver" in args.servers and not LLAMA_SERVER.exists():
+        sys.exit(f"no llama-server at {LLAMA_SERVER}; run with --setup (or make bench-serve-setup)")
     import tempfile
 
     log_dir = Path(tempfile.mkdtemp(prefix="serve-load-"))
@@ -275,8 +357,9 @@ def main() -> None:
                     result["load_1min"] = os.getloadavg()[0]
                     runs[level][name].append(result)
                     print(f"round {round_} clients {level:3d} {name:9s} {result['tokens_per_s']:7.1f} tok/s "
-                          f"ttft p50 {result['ttft_p50_s']} itl p50 {result['itl_p50_s']} "
-                          f"load {result['load_1min']:.1f}", flush=True)
+                          f"ttft p50 {fmt(result['ttft_p50_s'])} itl p50 {fmt(result['itl_p50_s'])} "
+                          f"errors {result['errors']} drain {result['drain_s']} s load {result['load_1min']:.1f}",
+                          flush=True)
     finally:
         for s in servers.values():
             s["process"].terminate()
@@ -293,7 +376,7 @@ def main() -> None:
                          ("tokens_per_s", "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s")}
             row[name]["runs"] = results
         if "danlu" in row:
-            for peer in ("llamacpp", "naive"):
+            for peer in ("llamaserver", "llamacpp", "naive"):
                 if peer in row and row[peer]["tokens_per_s"]:
                     # median of per-round ratios (each round measured the two back to back)
                     ratios = [d["tokens_per_s"] / p["tokens_per_s"] for d, p in
@@ -305,9 +388,10 @@ def main() -> None:
            "threads": args.threads, "cpu_count": os.cpu_count(), "load_1min_before": load_before,
            "load_1min_after": os.getloadavg()[0],
            "servers": {name: " ".join(s["cmd"]) for name, s in servers.items()},
-           "notes": {"llamacpp": "llama-cpp-python server, GGUF Q4_1 (serialises requests)",
+           "notes": {"llamaserver": "llama.cpp's own llama-server, GGUF Q4_1, 64 parallel slots (continuous batching)",
+                     "llamacpp": "llama-cpp-python server, GGUF Q4_1 (serialises requests)",
                      "naive": "FastAPI + sequential model.generate with TextIteratorStreamer, fp32",
-                     "danlu": "danlu serve, --dtype auto (bf16 on AMX CPUs), continuous batching"},
+                     "danlu": "danlu serve, --dtype auto (bf16 where native, else fp32), continuous batching"},
            "levels": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
@@ -315,6 +399,10 @@ def main() -> None:
                       {n: round(row[n]["tokens_per_s"], 1) for n in servers} for lvl, row in summary.items()},
                      indent=1))
     print(f"wrote {args.out}")
+
+
+def fmt(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.3f}s"
 
 
 def median(values):

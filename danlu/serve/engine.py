@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from danlu.serve.cpu_linear import speed_up_linears
 from danlu.serve.kv_cache import SlotKVCache, attention_mask
 from danlu.serve.sampling import SamplingParams, TokenChoice, choose_tokens
 from danlu.serve.text import TextTracker
@@ -86,6 +87,8 @@ class DecoderEngine:
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            speed_up_linears(model)
         self.cache = SlotKVCache(config.num_hidden_layers, max_batch_size, kv_heads, head_dim,
                                  max_model_len, self.dtype, self.device)
         eos = model.generation_config.eos_token_id if model.generation_config else None
