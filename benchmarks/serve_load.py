@@ -18,7 +18,7 @@ inter-token latency p50/p99; and the ratios danlu / peer of the throughput.
   `llama-server` (64 parallel slots, continuous batching) is the strong peer; llama-cpp-python's server queues
   requests (`--interrupt_requests False`; its default cuts the running stream when another request arrives).
 - The naive baseline (`--naive-server`, started by this script) is what people write first: FastAPI + one
-  `model.generate` at a time, streamed token by token, fp32.
+  `model.generate` at a time, streamed token by token, fp32; a request whose client left is stopped.
 
     .venv/bin/python benchmarks/serve_load.py [--setup] [--duration 20] [--rounds 2] [--levels 1 4 16 64]
 
@@ -93,20 +93,23 @@ def setup_llama() -> None:
     if LLAMA_SERVER.exists():
         return
     import tarfile
-    import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([str(LLAMA_VENV / "bin" / "pip"), "download", "--no-deps", "--no-binary", ":all:", "-d", tmp,
-                        "llama-cpp-python==0.3.36"], check=True)
-        with tarfile.open(next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))) as sdist:
-            sdist.extractall(tmp, filter="data")
-        source = next(Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp"))
-        build = LLAMA_VENV / "llama-server-build"
-        subprocess.run(["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                        *llama_cmake_args().split(), "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF",
-                        "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
-        subprocess.run(["nice", "-n", "10", "cmake", "--build", str(build), "--target", "llama-server", "-j", "2"],
-                       check=True)
+    # the sources stay beside the build, so that an interrupted build (~40 min on 2 cores) resumes
+    sources = LLAMA_VENV / "llama-cpp-python-src"
+    if not any(sources.glob("llama_cpp_python-*/vendor/llama.cpp")):
+        sources.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(LLAMA_VENV / "bin" / "pip"), "download", "--no-deps", "--no-binary", ":all:", "-d",
+                        str(sources), "llama-cpp-python==0.3.36"], check=True)
+        with tarfile.open(next(sources.glob("llama_cpp_python-*.tar.gz"))) as sdist:
+            sdist.extractall(sources, filter="data")
+    source = next(sources.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    build = LLAMA_VENV / "llama-server-build"
+    subprocess.run(["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                    *llama_cmake_args().split(), "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
+    jobs = os.environ.get("LLAMA_BUILD_JOBS", "2")
+    subprocess.run(["nice", "-n", "10", "cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
+                   check=True)
 
 
 # ---- the naive baseline server -------------------------------------------------------------------
@@ -120,17 +123,24 @@ def naive_server(model_path: str, port: int, threads: int) -> None:
     import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import StreamingResponse
-    from queue import Queue
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import StoppingCriteria, StoppingCriteriaList
     from transformers.generation.streamers import BaseStreamer
 
-    class TokenStreamer(BaseStreamer):
-        """One text piece per generated token (TextIteratorStreamer waits for whole words, which would
-        make this baseline's chunks carry several tokens and its token count come out low)."""
+    class Gone(StoppingCriteria):
+        def __init__(self, event):
+            self.event = event
 
-        def __init__(self):
-            self.queue, self.tokens, self.sent, self.prompt_seen = Queue(), [], "", False
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+    class TokenStreamer(BaseStreamer):
+        """One text piece per generated token, handed to the request's event loop (TextIteratorStreamer waits
+        for whole words, which would make this baseline's chunks carry several tokens; and blocking reads in
+        the loop's thread pool starve once more requests wait than the pool has threads)."""
+
+        def __init__(self, loop, queue):
+            self.loop, self.queue, self.tokens, self.sent, self.prompt_seen = loop, queue, [], "", False
 
         def put(self, value):
             if not self.prompt_seen:  # generate() first hands over the prompt
@@ -138,11 +148,11 @@ def naive_server(model_path: str, port: int, threads: int) -> None:
                 return
             self.tokens.extend(value.reshape(-1).tolist())
             text = tokenizer.decode(self.tokens, skip_special_tokens=True)
-            self.queue.put(text[len(self.sent):])
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, text[len(self.sent):])
             self.sent = text
 
         def end(self):
-            self.queue.put(None)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -158,27 +168,31 @@ def naive_server(model_path: str, port: int, threads: int) -> None:
     async def chat(body: dict = Body(...)):  # noqa: B008 (FastAPI's way to take the raw JSON body)
         ids = tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)
-        streamer = TokenStreamer()
+        streamer = TokenStreamer(asyncio.get_running_loop(), asyncio.Queue())
+        gone = threading.Event()  # the client went away: stop (or never start) its generation
 
         def work():
             try:
                 with lock, torch.inference_mode():
-                    model.generate(**ids, max_new_tokens=body.get("max_tokens", 64), do_sample=False,
-                                   streamer=streamer)
+                    if not gone.is_set():
+                        model.generate(**ids, max_new_tokens=body.get("max_tokens", 64), do_sample=False,
+                                       streamer=streamer, stopping_criteria=StoppingCriteriaList([Gone(gone)]))
             finally:
                 streamer.end()
 
         threading.Thread(target=work, daemon=True).start()
 
         async def events():
-            loop = asyncio.get_running_loop()
-            while True:
-                piece = await loop.run_in_executor(None, streamer.queue.get)
-                if piece is None:
-                    break
-                if piece:
-                    yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n"
-            yield "data: [DONE]\n\n"
+            try:
+                while True:
+                    piece = await streamer.queue.get()
+                    if piece is None:
+                        break
+                    if piece:
+                        yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                gone.set()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
