@@ -148,6 +148,28 @@ def test_no_variant_within_budget_keeps_the_original_and_exits_0(classifier, sen
     assert results["chosen"]["variant"] == "original" and results["rows"][1]["within_budget"] is False
 
 
+def test_reuse_variants_takes_a_finished_variant_made_with_the_same_options(classifier, sentiment_csv, tmp_path,
+                                                                            capsys):
+    out = tmp_path / "out"
+    base = ["compress", str(classifier), "--eval-data", str(sentiment_csv), "--out", str(out), "--methods",
+            "prune-magnitude", "--repeats", "1", "--latency-samples", "1", "--throughput-batches", "1"]
+    assert main(base) == 0
+    weights = out / "variants" / "prune-magnitude" / "model.safetensors"
+    first = weights.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(base + ["--reuse-variants"]) == 0
+    assert "prune-magnitude: reusing" in capsys.readouterr().err
+    assert weights.stat().st_mtime_ns == first
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    # Other options: the variant is made again, not taken.
+    assert main(base + ["--reuse-variants", "--sparsity", "0.3"]) == 0
+    assert "reusing" not in capsys.readouterr().err
+    assert weights.stat().st_mtime_ns != first
+    manifest = json.loads((out / "variants" / "prune-magnitude" / "danlu.json").read_text())
+    assert manifest["args"]["compress"]["sparsity"] == 0.3
+
+
 def test_bad_input_is_one_clear_line(classifier, sentiment_csv, tmp_path, capsys):
     from transformers import BertConfig, BertModel
 
