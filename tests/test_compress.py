@@ -41,7 +41,7 @@ def search(classifier, sentiment_csv, tmp_path_factory):
     code = main(["compress", str(classifier), "--eval-data", str(sentiment_csv), "--out", str(out),
                  "--methods", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8", "int4-weight-only", "boom", "boom+bf16",
                  "prune-structured", "prune-magnitude", "distill", "distill+int8-dynamic", "share-layers",
-                 "--repeats", "1", "--latency-samples", "2", "--throughput-batches", "1", "--train-max-steps", "3",
+                 "prune-structured+int8-dynamic", "--repeats", "1", "--latency-samples", "2", "--throughput-batches", "1", "--train-max-steps", "3",
                  "--distill-layers", "1", "--hidden-weight", "0.5", "--calibration-samples", "32",
                  "--max-accuracy-drop", "100", "--objective", "size"])
     del search_module.METHODS["boom"]
@@ -58,7 +58,7 @@ def test_every_method_gives_a_row_and_the_search_survives_a_crash(search):
     rows = rows_by_name(results)
     assert [r["variant"] for r in results["rows"]][:3] == ["original", "bf16", "int8-dynamic"]
     for name in ["bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8", "prune-structured", "prune-magnitude",
-                 "distill", "distill+int8-dynamic", "share-layers"]:
+                 "distill", "distill+int8-dynamic", "share-layers", "prune-structured+int8-dynamic"]:
         assert rows[name]["status"] == "ok", rows[name]
         assert rows[name]["examples"] == 12 and 0 <= rows[name]["accuracy"] <= 1
         assert rows[name]["latency_ms"] > 0 and rows[name]["throughput"] > 0 and rows[name]["peak_memory_mb"] > 0
@@ -96,7 +96,7 @@ def test_choice_is_best_by_objective_within_budget_and_report_has_the_table(sear
 
 
 @pytest.mark.parametrize("variant", ["bf16", "int8-dynamic", "onnx", "int8-static", "prune-structured", "distill",
-                                     "share-layers"])
+                                     "share-layers", "prune-structured+int8-dynamic"])
 def test_variants_open_in_evaluate_and_predict(search, sentiment_csv, variant, capsys):
     _, results = search
     row = rows_by_name(results)[variant]

@@ -96,6 +96,7 @@ def rebuild_int8_dynamic(model: torch.nn.Module, state: dict[str, torch.Tensor])
             floats[module + ".weight"] = value.float() * state[module + SCALE_SUFFIX][:, None]
         elif not key.endswith(SCALE_SUFFIX):
             floats[key] = value
+    resize_linears(model, floats)  # a pruned parent's layers are narrower than its config says
     model.load_state_dict(floats, strict=False)
     select_quantized_engine()
     model = quantize_dynamic(model.eval(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
