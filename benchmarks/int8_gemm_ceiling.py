@@ -82,7 +82,8 @@ def main() -> None:
     seconds["onnxruntime int8 MatMulInteger (U8S8)"] = bench(lambda: int8.run(None, {"x": xq}))
     base = seconds["torch fp32 Linear"]
     cpu = getattr(torch, "cpu", None)
-    flags = {name[4:-10]: getattr(cpu, name)() for name in dir(cpu) if name.startswith("_is_") and name.endswith("_supported")}
+    flags = {name[4:-10]: getattr(cpu, name)() for name in dir(cpu)
+             if name.startswith("_is_") and name.endswith("_supported")}
     rows = {k: {"ms": 1000 * v, "gop_per_s": 2 * M * K * N / v / 1e9, "speedup_vs_torch_fp32": base / v}
             for k, v in seconds.items()}
     report = {"shape": {"m": M, "k": K, "n": N}, "threads": args.threads, "cpu_flags": flags,

@@ -170,8 +170,9 @@ def _run_method(name: str, made: dict[str, Path], data, labels, saved, args: Com
                 made[key] = previous
                 continue
             job = CompressJob(parent=made["+".join(parts[:i])], out=out / "variants" / key, data=data, labels=labels,
-                              max_length=int(saved.get("max_length", 128)), calibration_samples=args.calibration_samples,
-                              seed=args.seed, threads=args.threads, options=options)
+                              max_length=int(saved.get("max_length", 128)),
+                              calibration_samples=args.calibration_samples, seed=args.seed, threads=args.threads,
+                              options=options)
             module, function = METHODS[part]
             try:
                 made[key] = Path(getattr(importlib.import_module(module), function)(job))
