@@ -79,6 +79,11 @@ def test_sizes_and_structure_are_really_smaller(search):
     assert rows["share-layers"]["parameters"] < original["parameters"]
     student = json.loads((Path(rows["distill"]["path"]) / "config.json").read_text())
     assert student["num_hidden_layers"] == 1
+    from danlu.hardware import bf16_is_fast
+
+    # --train-bf16 is on by default; the record says what the training really ran in (fp32 where bf16 is emulated).
+    training = json.loads((Path(rows["distill"]["path"]) / "danlu.json").read_text())["compress_info"]["training"]
+    assert training["precision"] == ("bf16" if bf16_is_fast() else "fp32")
     manifest = json.loads((Path(rows["distill+int8-dynamic"]["path"]) / "danlu.json").read_text())
     assert manifest["stage"] == "compress" and manifest["method"] == "int8-dynamic"
     assert manifest["parent"] == rows["distill"]["path"] and manifest["metrics"]["compress"]["accuracy"] >= 0
