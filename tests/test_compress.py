@@ -41,7 +41,7 @@ def search(classifier, sentiment_csv, tmp_path_factory):
     code = main(["compress", str(classifier), "--eval-data", str(sentiment_csv), "--out", str(out),
                  "--methods", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8", "int4-weight-only", "boom", "boom+bf16",
                  "prune-structured", "prune-magnitude", "distill", "distill+int8-dynamic", "share-layers",
-                 "--repeats", "1", "--latency-samples", "2", "--throughput-batches", "1", "--train-max-steps", "3",
+                 "prune-structured+int8-dynamic", "--repeats", "1", "--latency-samples", "2", "--throughput-batches", "1", "--train-max-steps", "3",
                  "--distill-layers", "1", "--hidden-weight", "0.5", "--calibration-samples", "32",
                  "--max-accuracy-drop", "100", "--objective", "size"])
     del search_module.METHODS["boom"]
@@ -58,7 +58,7 @@ def test_every_method_gives_a_row_and_the_search_survives_a_crash(search):
     rows = rows_by_name(results)
     assert [r["variant"] for r in results["rows"]][:3] == ["original", "bf16", "int8-dynamic"]
     for name in ["bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8", "prune-structured", "prune-magnitude",
-                 "distill", "distill+int8-dynamic", "share-layers"]:
+                 "distill", "distill+int8-dynamic", "share-layers", "prune-structured+int8-dynamic"]:
         assert rows[name]["status"] == "ok", rows[name]
         assert rows[name]["examples"] == 12 and 0 <= rows[name]["accuracy"] <= 1
         assert rows[name]["latency_ms"] > 0 and rows[name]["throughput"] > 0 and rows[name]["peak_memory_mb"] > 0
@@ -79,6 +79,11 @@ def test_sizes_and_structure_are_really_smaller(search):
     assert rows["share-layers"]["parameters"] < original["parameters"]
     student = json.loads((Path(rows["distill"]["path"]) / "config.json").read_text())
     assert student["num_hidden_layers"] == 1
+    from danlu.hardware import bf16_is_fast
+
+    # --train-bf16 is on by default; the record says what the training really ran in (fp32 where bf16 is emulated).
+    training = json.loads((Path(rows["distill"]["path"]) / "danlu.json").read_text())["compress_info"]["training"]
+    assert training["precision"] == ("bf16" if bf16_is_fast() else "fp32")
     manifest = json.loads((Path(rows["distill+int8-dynamic"]["path"]) / "danlu.json").read_text())
     assert manifest["stage"] == "compress" and manifest["method"] == "int8-dynamic"
     assert manifest["parent"] == rows["distill"]["path"] and manifest["metrics"]["compress"]["accuracy"] >= 0
@@ -96,7 +101,7 @@ def test_choice_is_best_by_objective_within_budget_and_report_has_the_table(sear
 
 
 @pytest.mark.parametrize("variant", ["bf16", "int8-dynamic", "onnx", "int8-static", "prune-structured", "distill",
-                                     "share-layers"])
+                                     "share-layers", "prune-structured+int8-dynamic"])
 def test_variants_open_in_evaluate_and_predict(search, sentiment_csv, variant, capsys):
     _, results = search
     row = rows_by_name(results)[variant]
@@ -146,6 +151,44 @@ def test_no_variant_within_budget_keeps_the_original_and_exits_0(classifier, sen
     assert "flip" in printed and "drop (pts)" in printed
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["chosen"]["variant"] == "original" and results["rows"][1]["within_budget"] is False
+
+
+def test_reuse_variants_takes_a_finished_variant_made_with_the_same_options(classifier, sentiment_csv, tmp_path,
+                                                                            capsys):
+    out = tmp_path / "out"
+    base = ["compress", str(classifier), "--eval-data", str(sentiment_csv), "--out", str(out), "--methods",
+            "prune-magnitude", "--repeats", "1", "--latency-samples", "1", "--throughput-batches", "1"]
+    assert main(base) == 0
+    weights = out / "variants" / "prune-magnitude" / "model.safetensors"
+    first = weights.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(base + ["--reuse-variants"]) == 0
+    assert "prune-magnitude: reusing" in capsys.readouterr().err
+    assert weights.stat().st_mtime_ns == first
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    # Other options: the variant is made again, not taken.
+    assert main(base + ["--reuse-variants", "--sparsity", "0.3"]) == 0
+    assert "reusing" not in capsys.readouterr().err
+    assert weights.stat().st_mtime_ns != first
+    manifest = json.loads((out / "variants" / "prune-magnitude" / "danlu.json").read_text())
+    assert manifest["args"]["compress"]["sparsity"] == 0.3
+
+
+def test_int8_engine_follows_the_cpu_flags(monkeypatch):
+    """oneDNN int8 only where AMX/VNNI make it fast; on an AVX2-only CPU the x86 (FBGEMM) engine was ~1.7x
+    faster at batch 1, so an int8-dynamic variant must not pick oneDNN there."""
+    from danlu import hardware
+    from danlu.compress.variant import select_quantized_engine
+
+    monkeypatch.setattr(torch.backends.quantized, "engine", torch.backends.quantized.engine)
+    for amx, vnni, expected in [(False, False, "x86"), (True, False, "onednn"), (False, True, "onednn")]:
+        hardware.int8_engine.cache_clear()
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda v=vnni: v)
+        select_quantized_engine()
+        assert torch.backends.quantized.engine == expected
+    hardware.int8_engine.cache_clear()
 
 
 def test_bad_input_is_one_clear_line(classifier, sentiment_csv, tmp_path, capsys):

@@ -49,6 +49,9 @@ class CompressArgs:
     sparsity: float = arg(0.5, "share of linear weights prune-magnitude zeroes")
     share_groups: int = arg(1, "distinct layers of the share-layers student (1 = ALBERT: one layer repeated)")
     seed: int = arg(42, "seed for sampling, initialisation and training")
+    reuse_variants: bool = arg(False, "reuse a variant already in OUT/variants when it was made from the same "
+                                      "parent with the same method and options (it is measured again): a long "
+                                      "search can run in parts, e.g. the trainings first")
 
     def __post_init__(self) -> None:
         check(self.max_accuracy_drop >= 0, "--max-accuracy-drop", f"must be >= 0, got {self.max_accuracy_drop}")

@@ -96,6 +96,7 @@ def rebuild_int8_dynamic(model: torch.nn.Module, state: dict[str, torch.Tensor])
             floats[module + ".weight"] = value.float() * state[module + SCALE_SUFFIX][:, None]
         elif not key.endswith(SCALE_SUFFIX):
             floats[key] = value
+    resize_linears(model, floats)  # a pruned parent's layers are narrower than its config says
     model.load_state_dict(floats, strict=False)
     select_quantized_engine()
     model = quantize_dynamic(model.eval(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
@@ -109,12 +110,10 @@ def rebuild_int8_dynamic(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
 
 def select_quantized_engine() -> None:
-    """oneDNN ran dynamic int8 BERT ~1.4x faster than the x86 default on this AMX CPU (MACHINE-NOTES)."""
-    engines = torch.backends.quantized.supported_engines
-    for engine in ("onednn", "x86", "fbgemm"):
-        if engine in engines:
-            torch.backends.quantized.engine = engine
-            return
+    """The quantized engine this CPU runs dynamic int8 fastest on (danlu.hardware.int8_engine)."""
+    from danlu.hardware import int8_engine
+
+    torch.backends.quantized.engine = int8_engine()
 
 
 # ---- loading any variant ----------------------------------------------------------------------------
