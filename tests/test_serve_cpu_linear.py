@@ -2,13 +2,13 @@
 
 import torch
 
-from danlu.serve.cpu_linear import MAX_ROWS, speed_up_linears
+from danlu.serve.cpu_linear import MAX_ROWS_HEAD, speed_up_linears
 
 
 def test_same_product_for_every_row_count_and_shape():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(48, 80), torch.nn.GELU(), torch.nn.Linear(80, 24, bias=False))
-    inputs = [torch.randn(1, 48), torch.randn(16, 48), torch.randn(4, 5, 48), torch.randn(MAX_ROWS + 7, 48)]
+    inputs = [torch.randn(1, 48), torch.randn(16, 48), torch.randn(4, 5, 48), torch.randn(20, 48), torch.randn(MAX_ROWS_HEAD + 7, 48)]
     with torch.inference_mode():
         expected = [model(x) for x in inputs]
         assert speed_up_linears(model) == 2
