@@ -8,7 +8,6 @@ and hands each request its rows back on the event loop.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from danlu.serve.engine import QueueFull
+from danlu.serve.worker import BackgroundWorker
 
 
 @dataclass
@@ -27,18 +27,18 @@ class _Item:
     arrival: float
 
 
-class MicroBatcher:
+class MicroBatcher(BackgroundWorker):
     """Runs `run(texts) -> (results, token_counts)` over micro-batches gathered from many requests."""
+
+    thread_name = "danlu-encoder"
 
     def __init__(self, run: Callable[[list[str]], tuple[list[Any], list[int]]], max_batch_size: int,
                  batch_wait_ms: float, max_queue: int, metrics=None):
+        super().__init__()
         self.run, self.max_batch_size = run, max_batch_size
         self.wait_s, self.max_queue, self.metrics = batch_wait_ms / 1000, max_queue, metrics
         self.queue: deque[_Item] = deque()
-        self.cond = threading.Condition()
-        self.running = False
         self.busy = 0
-        self.thread: threading.Thread | None = None
 
     async def submit(self, texts: list[str]) -> tuple[list[Any], list[int]]:
         loop = asyncio.get_running_loop()
@@ -52,18 +52,6 @@ class MicroBatcher:
 
     def stats(self) -> dict[str, int]:
         return {"waiting": sum(len(i.texts) for i in self.queue), "running": self.busy}
-
-    def start(self) -> None:
-        self.running = True
-        self.thread = threading.Thread(target=self._loop, name="danlu-encoder", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.running = False
-            self.cond.notify()
-        if self.thread:
-            self.thread.join(timeout=30)
 
     def _take_batch(self) -> list[_Item]:
         with self.cond:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from danlu.serve.cpu_linear import speed_up_linears
 from danlu.serve.kv_cache import SlotKVCache, attention_mask
 from danlu.serve.sampling import SamplingParams, TokenChoice, choose_tokens
 from danlu.serve.text import TextTracker
+from danlu.serve.worker import BackgroundWorker
 
 log = logging.getLogger("danlu.serve")
 
@@ -71,11 +71,14 @@ class Sequence:
         return self.prefilled + max(0, len(self.generated) - 1)
 
 
-class DecoderEngine:
+class DecoderEngine(BackgroundWorker):
     """Continuous-batching generation over a `SlotKVCache` (one slot per running sequence)."""
+
+    thread_name = "danlu-engine"
 
     def __init__(self, model, tokenizer, *, max_batch_size: int, max_queue: int, max_model_len: int,
                  prefill_chunk: int, metrics=None):
+        super().__init__()
         self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.max_model_len, self.prefill_chunk = max_model_len, prefill_chunk
@@ -99,9 +102,6 @@ class DecoderEngine:
         self.decoding: list[Sequence] = []  # decoding[i].row == i: packed rows [0, d)
         self.owner: list[Sequence | None] = [None] * max_batch_size
         self.cancelled: set[int] = set()
-        self.cond = threading.Condition()
-        self.running = False
-        self.thread: threading.Thread | None = None
         self.idle_since = time.perf_counter()
 
     # ---- called from the server's threads ------------------------------------------------------
@@ -124,18 +124,6 @@ class DecoderEngine:
     def stats(self) -> dict[str, int]:
         return {"waiting": len(self.waiting), "running": len(self.prefilling) + len(self.decoding),
                 "decoding": len(self.decoding), "kv_capacity": self.cache.capacity}
-
-    def start(self) -> None:
-        self.running = True
-        self.thread = threading.Thread(target=self._loop, name="danlu-engine", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.running = False
-            self.cond.notify()
-        if self.thread:
-            self.thread.join(timeout=30)
 
     # ---- the engine thread ---------------------------------------------------------------------
 
