@@ -60,3 +60,14 @@ def tiny_llama(tmp_path_factory) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """The committed English sample prepared for pretraining (BPE, 600 tokens, 32-token sequences)."""
+    from danlu.data.prepare import PrepareArgs, prepare
+
+    out = tmp_path_factory.mktemp("prep") / "en"
+    prepare(PrepareArgs(corpus=[str(Path(__file__).parent / "assets" / "en_sample.txt")], out=str(out),
+                        vocab_size=600, seq_len=32, val_ratio=0.2))
+    return out

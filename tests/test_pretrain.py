@@ -19,14 +19,6 @@ ASSETS = Path(__file__).parent / "assets"
 FAST = ["--seq-len", "32", "--batch-size", "8", "--log-every", "1", "--eval-every", "3", "--eval-sequences", "16"]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prep") / "en"
-    prepare(PrepareArgs(corpus=[str(ASSETS / "en_sample.txt")], out=str(out), vocab_size=600, seq_len=32,
-                        val_ratio=0.2))
-    return out
-
-
 def test_mlm_masks_15_percent_80_10_10_deterministically(prepared):
     data = load_prepared(prepared)
     objective = build_objective("mlm", data, "train", 32, 0.15, seed=7)

@@ -11,20 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from danlu.data.prepare import PrepareArgs, prepare
 
-ASSETS = Path(__file__).parent / "assets"
 ARGS = ["--seq-len", "32", "--batch-size", "8", "--lr", "2e-3", "--log-every", "1", "--eval-every", "10",
         "--eval-sequences", "8"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every run: the same numbers
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prep") / "en"
-    prepare(PrepareArgs(corpus=[str(ASSETS / "en_sample.txt")], out=str(out), vocab_size=600, seq_len=32,
-                        val_ratio=0.2))
-    return out
 
 
 def pretrain(prepared, out, *extra):
