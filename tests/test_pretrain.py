@@ -11,7 +11,6 @@ import torch
 
 from danlu.cli import main
 from danlu.data.prepare import PrepareArgs, prepare
-from danlu.errors import DanluError
 from danlu.pretrain.data import load_prepared
 from danlu.pretrain.run import build_objective
 

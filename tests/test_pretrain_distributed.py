@@ -3,14 +3,11 @@ gloo on CPU) follows the 1-process loss curve with the same global batch."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
-
+from killing import kill_after_first_checkpoint, losses
 
 ARGS = ["--seq-len", "32", "--batch-size", "8", "--lr", "2e-3", "--log-every", "1", "--eval-every", "10",
         "--eval-sequences", "8"]
@@ -21,10 +18,6 @@ def pretrain(prepared, out, *extra):
     return [sys.executable, "-m", "danlu", "pretrain", "--data", str(prepared), "--out", str(out), *ARGS, *extra]
 
 
-def losses(path: Path) -> dict[int, float]:
-    return {e["step"]: e["loss"] for e in map(json.loads, path.read_text().splitlines()) if "loss" in e}
-
-
 def test_sigkilled_pretraining_resumes_exactly(prepared, tmp_path):
     extra = ["--objective", "mlm+nsp", "--max-steps", "30", "--save-every", "3", "--keep-checkpoints", "2"]
     full = tmp_path / "full"
@@ -32,19 +25,8 @@ def test_sigkilled_pretraining_resumes_exactly(prepared, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
     out = tmp_path / "killed"
-    checkpoints = tmp_path / "killed.run" / "checkpoints"
-    proc = subprocess.Popen(pretrain(prepared, out, *extra), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(checkpoints.glob("step-*/train_state.json")):
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not out.exists()  # no half-written artifact
-    saved = sorted(p.name for p in checkpoints.glob("step-*") if (p / "train_state.json").exists())
-    assert saved and saved[-1] != "step-0000030", "the run finished before it could be killed"
+    saved, killed_at = kill_after_first_checkpoint(pretrain(prepared, out, *extra), out, ENV, last_step=30)
     assert len(saved) <= 2  # only the last --keep-checkpoints are kept
-    killed_at = int(saved[-1].split("-")[1])
 
     r = subprocess.run(pretrain(prepared, out, *extra, "--resume"), capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -2,12 +2,11 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from killing import kill_after_first_checkpoint, losses
 
 ARGS = ["--max-steps", "24", "--batch-size", "8", "--lr", "1e-3", "--log-every", "1", "--save-every", "3",
         "--eval-every", "6", "--keep-checkpoints", "2", "--max-length", "32"]
@@ -18,10 +17,6 @@ def finetune(tiny_bert, data, out, *extra):
             "--out", str(out), *ARGS, *extra]
 
 
-def losses(path):
-    return {e["step"]: e["loss"] for e in map(json.loads, path.read_text().splitlines()) if "loss" in e}
-
-
 def test_sigkilled_run_resumes_exactly(tiny_bert, sentiment_csv, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads in all three runs: same numbers
     full = tmp_path / "full"
@@ -29,19 +24,7 @@ def test_sigkilled_run_resumes_exactly(tiny_bert, sentiment_csv, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
     out = tmp_path / "killed"
-    checkpoints = tmp_path / "killed.run" / "checkpoints"
-    proc = subprocess.Popen(finetune(tiny_bert, sentiment_csv, out), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(checkpoints.glob("step-*/train_state.json")):
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not out.exists()  # no half-written artifact
-    saved = sorted(p.name for p in checkpoints.glob("step-*") if (p / "train_state.json").exists())
-    assert saved and saved[-1] != "step-0000024", "the run finished before it could be killed"
-    killed_at = int(saved[-1].split("-")[1])
+    _, killed_at = kill_after_first_checkpoint(finetune(tiny_bert, sentiment_csv, out), out, env, last_step=24)
 
     # Resuming with other arguments is refused, naming the difference, and loses nothing.
     r = subprocess.run(finetune(tiny_bert, sentiment_csv, out, "--resume", "--lr", "2e-3"), capture_output=True,
