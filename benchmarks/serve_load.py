@@ -2,10 +2,11 @@
 transformers server.
 
 All serve SmolLM2-135M-Instruct (danlu and the naive server from the packaged model converted to
-safetensors; llama.cpp from the packaged GGUF Q4_1 file it came from) through the chat endpoint with the same
+safetensors; llama.cpp from the packaged GGUF Q4_1 file it came from). danlu runs twice: with int8 weights
+(`--quantize int8`, danlu's AVX2 kernel; `danlu_int8`) and with float32 weights (`danlu`). through the chat endpoint with the same
 chat prompts, greedy, `max_tokens` 64, streaming. For each level of concurrency (1, 4, 16, 64 clients)
 each server is driven for a fixed time by that many clients that each send one request after another;
-the servers take turns level by level (danlu, llama-server, llama-cpp-python, naive, danlu, ...) for
+the servers take turns level by level (danlu int8, danlu, llama-server, llama-cpp-python, naive, ...) for
 `--rounds` rounds.
 
 Reported per server and level (medians over rounds): aggregate output tokens/s (streamed content chunks
@@ -295,6 +296,10 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 300) -> Non
     raise RuntimeError(f"{url} did not start in {timeout} s")
 
 
+DANLU = ("danlu_int8", "danlu")  # danlu serve --quantize int8, and with float weights
+PEERS = ("llamaserver", "llamacpp", "naive")
+
+
 def start_servers(names: list[str], threads: int, log_dir: Path) -> dict:
     from danlu.assets import asset_path, install
 
@@ -304,9 +309,11 @@ def start_servers(names: list[str], threads: int, log_dir: Path) -> dict:
     servers = {}
     for name in names:
         port = free_port()
-        if name == "danlu":
+        if name in DANLU:
             cmd = [sys.executable, "-m", "danlu", "serve", "smollm2-135m", "--port", str(port), "--threads",
                    str(threads), "--max-batch-size", "64", "--max-queue", "1024"]
+            if name == "danlu_int8":
+                cmd += ["--quantize", "int8"]
             model = "smollm2-135m"
         elif name == "llamacpp":
             cmd = [str(LLAMA_VENV / "bin" / "python"), "-m", "llama_cpp.server", "--model", gguf, "--port", str(port),
@@ -342,8 +349,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per server and level (default 20)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported (default 2)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64], help="concurrent clients")
-    parser.add_argument("--servers", nargs="+", default=["danlu", "llamaserver", "llamacpp", "naive"],
-                        choices=["danlu", "llamaserver", "llamacpp", "naive"])
+    parser.add_argument("--servers", nargs="+", default=[*DANLU, *PEERS], choices=[*DANLU, *PEERS])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every server (default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--naive-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)
@@ -389,13 +395,13 @@ def main() -> None:
             row[name] = {key: median([r[key] for r in results]) for key in
                          ("tokens_per_s", "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s")}
             row[name]["runs"] = results
-        if "danlu" in row:
-            for peer in ("llamaserver", "llamacpp", "naive"):
-                if peer in row and row[peer]["tokens_per_s"]:
+        for ours in DANLU:
+            for peer in PEERS:
+                if ours in row and peer in row and row[peer]["tokens_per_s"]:
                     # median of per-round ratios (each round measured the two back to back)
                     ratios = [d["tokens_per_s"] / p["tokens_per_s"] for d, p in
-                              zip(by_server["danlu"], by_server[peer]) if p["tokens_per_s"]]
-                    row[f"ratio_danlu_{peer}"] = median(ratios)
+                              zip(by_server[ours], by_server[peer]) if p["tokens_per_s"]]
+                    row[f"ratio_{ours}_{peer}"] = median(ratios)
         summary[str(level)] = row
     out = {"benchmark": "serve_load", "model": "SmolLM2-135M-Instruct", "endpoint": "/v1/chat/completions",
            "max_tokens": 64, "greedy": True, "duration_s_per_level": args.duration, "rounds": args.rounds,
@@ -405,7 +411,9 @@ def main() -> None:
            "notes": {"llamaserver": "llama.cpp's own llama-server, GGUF Q4_1, 64 parallel slots (continuous batching)",
                      "llamacpp": "llama-cpp-python server, GGUF Q4_1 (serialises requests)",
                      "naive": "FastAPI + sequential model.generate with TextIteratorStreamer, fp32",
-                     "danlu": "danlu serve, --dtype auto (bf16 where native, else fp32), continuous batching"},
+                     "danlu": "danlu serve, --dtype auto (bf16 where native, else fp32), continuous batching",
+                     "danlu_int8": "danlu serve --quantize int8: weight-only int8 (per output row) on danlu's AVX2 "
+                                   "kernel, float32 activations, continuous batching"},
            "levels": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -4,8 +4,9 @@ text and generation speed (new tokens/s at batch 1 and 16).
 Weight-only quantization suits decoding: at batch 1 each new token streams every weight once, so fewer
 bytes per weight is what speeds it up (compute is idle). The variant artifacts store the weights
 quantized in safetensors (int8 per channel; int4 packed two per byte with a scale and zero point per
-group of 32), and `load_decoder_variant` rebuilds the torchao modules on load, so a server can run
-the chosen one: `model = load_decoder_variant(path, device)`.
+group of 32), and `load_decoder_variant` rebuilds the quantized modules on load, so a server can run
+the chosen one: `model = load_decoder_variant(path, device)`. On CPU, int8 runs on danlu's own AVX2
+kernel (danlu/kernels), int4 and CUDA on torchao's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from danlu.artifact import atomic_dir, atomic_write_text, read_manifest, update_metrics, write_manifest
+from danlu.kernels import kernel_error
 
 DECODER_METHODS = ("bf16", "int8-weight-only", "int4-weight-only")
 INT4_GROUP = 32
@@ -116,12 +118,27 @@ def load_decoder_variant(path: str | Path, device: str | None = None) -> torch.n
         return AutoModelForCausalLM.from_pretrained(str(path), dtype="auto").to(device).eval()
     config = AutoConfig.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(dequantized_state(load_file(str(path / "model.safetensors"))),
-                                                strict=False)
+    state = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(dequantized_state(state), strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
+    if recipe["weight_only"] == "int8-weight-only" and str(device) == "cpu" and kernel_error() is None:
+        return _int8_kernel_layers(model.eval(), state)
     return apply_torchao(model.to(device).eval(), recipe["weight_only"])
+
+
+def _int8_kernel_layers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Swap the block Linears for danlu's `Int8Linear` on the stored int8 weights and scales (the same
+    values torchao would hold; danlu's AVX2 kernel runs them several times faster on CPU)."""
+    from danlu.kernels.int8 import Int8Linear
+
+    for name in _quantizable(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        bias = getattr(parent, child).bias
+        setattr(parent, child, Int8Linear(state[name + ".qweight"], state[name + ".scale"], bias))
+    return model
 
 
 def write_decoder_variant(parent: Path, out: Path, method: str) -> Path:

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from danlu.errors import DanluError
 from danlu.serve.args import ServeArgs
 from danlu.serve.engine import DecoderEngine, QueueFull
 from danlu.serve.generation import ApiError, Generator, sampling_params
@@ -224,11 +225,15 @@ def build_state(args: ServeArgs) -> ServerState:
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
     kind = model_kind(path)
+    if args.quantize != "none":
+        if kind != "decoder":
+            raise DanluError(f"--quantize {args.quantize} applies to decoders; {path} holds a {kind}")
+        dtype = torch.float32 if args.dtype == "auto" else dtype
     name = args.served_model_name or (args.model if not Path(args.model).expanduser().is_dir() else path.name)
     metrics = Metrics(name)
     aliases = {name, args.model, str(path)}
     if kind == "decoder":
-        model, tokenizer = load_decoder(path, dtype, device)
+        model, tokenizer = load_decoder(path, dtype, device, args.quantize)
         limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 2048
         max_model_len = args.max_model_len or min(limit, 2048)
         engine = DecoderEngine(model, tokenizer, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
@@ -252,7 +257,8 @@ def build_state(args: ServeArgs) -> ServerState:
         batcher = MicroBatcher(run, args.max_batch_size, args.batch_wait_ms, args.max_queue, metrics)
         state = ServerState(name, aliases, kind, metrics, max_model_len, batcher=batcher)
     state.created = int(time.time())
-    print(f"danlu serve: {name} ({kind}, {str(dtype).removeprefix('torch.')}, {device}, "
+    weights = "int8 weights, " if args.quantize == "int8" else ""
+    print(f"danlu serve: {name} ({kind}, {weights}{str(dtype).removeprefix('torch.')}, {device}, "
           f"{torch.get_num_threads()} threads) from {path}", file=sys.stderr, flush=True)
     return state
 

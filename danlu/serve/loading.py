@@ -54,8 +54,9 @@ def model_kind(path: Path) -> str:
     return "embedder"
 
 
-def load_decoder(path: Path, dtype: torch.dtype, device: torch.device):
-    """A causal LM and its tokenizer, in eval mode, cast to `dtype` on `device`.
+def load_decoder(path: Path, dtype: torch.dtype, device: torch.device, quantize: str = "none"):
+    """A causal LM and its tokenizer, in eval mode, cast to `dtype` on `device`; `quantize="int8"` then
+    stores every Linear (the output head too) as weight-only int8 for danlu's CPU kernel.
 
     The weights are cast (never autocast: autocast re-casts every weight at every decode step). A
     weight-only int8/int4 variant from `danlu compress` keeps its quantized weights (`dtype` then applies
@@ -73,8 +74,24 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device):
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
         model.to(device).eval()
+    if quantize == "int8":
+        _quantize_int8(model, dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer
+
+
+def _quantize_int8(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    from danlu.kernels import kernel_error
+    from danlu.kernels.int8 import quantize_linears
+
+    if device.type != "cpu":
+        raise DanluError(f"--quantize int8 runs on CPU (danlu's AVX2 kernel); on {device} use --dtype bfloat16")
+    if dtype != torch.float32:
+        raise DanluError("--quantize int8 computes in float32: use it with --dtype float32 or auto")
+    reason = kernel_error()
+    if reason:
+        raise DanluError(f"--quantize int8 needs danlu's CPU kernel, which is unavailable here: {reason}")
+    quantize_linears(model, head=True)
 
 
 def load_embedder(path: Path, dtype: torch.dtype, device: torch.device):

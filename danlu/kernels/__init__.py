@@ -1,0 +1,109 @@
+"""danlu's own CPU kernels, compiled on first use with the system C++ compiler.
+
+`w8_linear.cpp` is a weight-only int8 linear layer for AVX2+FMA CPUs (see `Int8Linear`). It is built once
+per machine into danlu's cache folder (`$DANLU_HOME/kernels/`, about a second with g++) and loaded with
+ctypes; it links the OpenMP runtime torch already loaded, so it shares torch's threads instead of
+fighting them. Where it cannot be built (no compiler, no AVX2), `Int8Linear` computes the same product
+with torch (dequantize, then matmul) and `kernel_error()` says why.
+
+Measured on a 2-core AMD EPYC (Zen 2, AVX2), weights streamed from memory as in a decode step, against
+float32 MKL (`(W @ x.T)`, the faster of the two float32 forms) on SmolLM2-135M's shapes:
+
+| rows | 1536 x 576 | 576 x 1536 | 49152 x 576 (lm_head) |
+|---|---|---|---|
+| 1 | 0.063 vs 0.318 ms | 0.075 vs 0.220 ms | 1.9 vs 10.0 ms |
+| 16 | 0.230 vs 0.397 ms | 0.228 vs 0.340 ms | 7.3 vs 16.1 ms |
+| 64 | 0.697 vs 0.953 ms | 0.760 vs 0.904 ms | 22.8 vs 36.5 ms |
+| 256 | 2.71 vs 3.16 ms | 2.90 vs 3.16 ms | 91 vs 119 ms |
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from danlu.assets import danlu_home
+
+SOURCE = Path(__file__).with_name("w8_linear.cpp")
+FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared"]
+
+
+class KernelUnavailable(RuntimeError):
+    """The C++ kernel cannot run here; the message says why."""
+
+
+def _cpu_has_avx2_fma() -> bool:
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return {"avx2", "fma"} <= set(flags.split(":", 1)[-1].split())
+
+
+def _build(target: Path) -> None:
+    """Compile SOURCE into `target` (a temporary file renamed into place, so a crash leaves nothing half-built)."""
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise KernelUnavailable("no C++ compiler found (install g++ or set CXX)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise KernelUnavailable(f"{compiler} failed to build {SOURCE.name}: {result.stderr.strip()[-400:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | str:
+    """The loaded kernel library, or the reason it is unavailable."""
+    if os.environ.get("DANLU_NO_KERNELS"):
+        return "disabled by DANLU_NO_KERNELS"
+    if not _cpu_has_avx2_fma():
+        return "this CPU lacks AVX2/FMA"
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    target = danlu_home() / "kernels" / f"w8_linear-{key}.so"
+    try:
+        if not target.exists():
+            _build(target)
+        library = ctypes.CDLL(str(target))
+    except (KernelUnavailable, OSError) as error:
+        return str(error)
+    function = library.danlu_w8_linear
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4
+    return library
+
+
+def kernel_error() -> str | None:
+    """Why the int8 kernel is unavailable here, or None when it is ready."""
+    library = _library()
+    return library if isinstance(library, str) else None
+
+
+def w8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`x @ (qweight * scale[:, None]).T + bias` with the C++ kernel; x float32 on CPU, any leading shape."""
+    library = _library()
+    if isinstance(library, str):
+        raise KernelUnavailable(library)
+    k = x.shape[-1]
+    flat = x.reshape(-1, k).contiguous()
+    out = torch.empty(flat.shape[0], qweight.shape[0], dtype=torch.float32)
+    status = library.danlu_w8_linear(flat.data_ptr(), qweight.data_ptr(), scale.data_ptr(),
+                                     None if bias is None else bias.data_ptr(), out.data_ptr(),
+                                     flat.shape[0], qweight.shape[0], k, torch.get_num_threads())
+    if status:
+        raise KernelUnavailable(f"danlu_w8_linear returned {status} (K={k} must be a multiple of 8)")
+    return out.view(*x.shape[:-1], qweight.shape[0])
