@@ -27,13 +27,15 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def reference(tiny_llama):
+    """`generate` alone on the device the server chose (--device auto: CUDA when present), in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
 
     def generate(prompt_ids: list[int], n: int) -> list[int]:
-        ids = torch.tensor([prompt_ids])
+        ids = torch.tensor([prompt_ids], device=device)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny model: one thread is fastest, above all on a busy machine
         try:

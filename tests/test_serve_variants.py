@@ -1,5 +1,6 @@
 """`danlu serve` runs the weight-only quantized decoder variants that `danlu compress` writes."""
 
+import pytest
 import torch
 
 from danlu.kernels import kernel_error
@@ -44,3 +45,19 @@ def test_auto_dtype_is_bf16_only_where_native(monkeypatch):
     monkeypatch.setattr(hardware, "bf16_is_fast", lambda device_type=None: True)
     assert choose_dtype("auto", torch.device("cpu")) is torch.bfloat16
     assert choose_dtype("float32", torch.device("cpu")) is torch.float32
+
+
+def test_device_choice_names_the_devices_there_are(monkeypatch):
+    from danlu.errors import DanluError
+    from danlu.serve.loading import choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device("auto") == torch.device("cpu")
+    with pytest.raises(DanluError, match="no CUDA device"):
+        choose_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert choose_device("auto") == torch.device("cuda")
+    assert choose_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(DanluError, match=r"--device cuda:1: .* 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        choose_device("cuda:1")

@@ -61,9 +61,7 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self.text = TextTracker(self.tokenizer, self.params.stop)
-        self.generator = None
-        if self.params.seed is not None and not self.params.greedy:
-            self.generator = torch.Generator().manual_seed(self.params.seed)
+        self.generator: torch.Generator | None = None  # seeded sampling; made by the engine on its device
 
     @property
     def cached(self) -> int:
@@ -163,6 +161,9 @@ class DecoderEngine(BackgroundWorker):
             seq = self.waiting.popleft()
             seq.row = max(i for i, owner in enumerate(self.owner) if owner is None)  # from the top
             self.owner[seq.row] = seq
+            if seq.params.seed is not None and not seq.params.greedy:
+                # on the device that samples: torch.multinomial takes only a generator of its input's device
+                seq.generator = torch.Generator(self.device).manual_seed(seq.params.seed)
             self.prefilling.append(seq)
 
     def _drop_cancelled(self) -> None:
