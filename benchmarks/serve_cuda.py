@@ -385,6 +385,8 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and args.out.resolve() == RESULTS.resolve():
+        sys.exit(f"no CUDA device: a dry run on CPU must write elsewhere than {RESULTS} (--out)")
     work = Path(tempfile.mkdtemp(prefix="serve-cuda-"))
     result = {"benchmark": "serve_cuda", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "cuda": torch.version.cuda}

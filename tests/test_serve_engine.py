@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from danlu.serve.engine import DecoderEngine, QueueFull, Sequence
+from danlu.serve.kv_cache import SlotKVCache
 from danlu.serve.sampling import SamplingParams
 from danlu.serve.text import TextTracker
 
@@ -125,3 +126,12 @@ def test_stop_strings_cut_the_text_and_prefixes_are_held_back():
     assert "".join(out) == "a wobbly wonder" and not tracker.stopped
     out, _ = feed("x END y", ["END", " y"])
     assert "".join(out) == "x "
+
+
+def test_idle_cache_release_gives_gpu_memory_back(monkeypatch):
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    SlotKVCache(2, 4, 2, 8, 64, torch.float32, torch.device("cpu")).release()
+    assert emptied == []
+    SlotKVCache(2, 4, 2, 8, 64, torch.bfloat16, torch.device("cuda")).release()  # nothing allocated yet
+    assert emptied == [True]

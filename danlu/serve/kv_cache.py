@@ -46,6 +46,8 @@ class SlotKVCache:
     def release(self) -> None:
         """Drop all memory (when the server is idle)."""
         self.keys, self.values, self.capacity = [], [], 0
+        if self.device.type == "cuda":  # else PyTorch's caching allocator keeps the blocks from other processes
+            torch.cuda.empty_cache()
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of slot `src` into slot `dst`."""
