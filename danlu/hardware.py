@@ -18,7 +18,8 @@ def bf16_is_fast(device_type: str | None = None) -> bool:
     """Whether bfloat16 matmuls run natively on `device_type` (default: cuda if present, else cpu)."""
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # without including_emulation=False torch says yes on pre-Ampere GPUs (V100, T4), which only emulate it
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device_type == "cpu":
         cpu = getattr(torch, "cpu", None)
         checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
