@@ -135,3 +135,24 @@ def test_idle_cache_release_gives_gpu_memory_back(monkeypatch):
     assert emptied == []
     SlotKVCache(2, 4, 2, 8, 64, torch.bfloat16, torch.device("cuda")).release()  # nothing allocated yet
     assert emptied == [True]
+
+
+def test_cache_growth_that_failed_half_way_can_be_retried(monkeypatch):
+    cache = SlotKVCache(3, 2, 1, 4, 1024, torch.float32, torch.device("cpu"), block=16)
+    cache.ensure_capacity(10)
+    cache.keys[2][1, 0, 9] = 7.0
+    zeros, calls = torch.zeros, []
+
+    def out_of_memory_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("out of memory")
+        return zeros(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", out_of_memory_on_the_third)
+    with pytest.raises(torch.OutOfMemoryError):
+        cache.ensure_capacity(40)  # keys of layers 0 and 1 grew, layer 2 did not
+    monkeypatch.setattr(torch, "zeros", zeros)
+    cache.ensure_capacity(40)
+    assert cache.capacity == 48 and all(k.shape[2] == 48 for k in cache.keys + cache.values)
+    assert cache.keys[2][1, 0, 9].tolist() == [7.0] * 4  # (slot, kv_head, position) -> head_dim values

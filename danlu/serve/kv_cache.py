@@ -36,7 +36,8 @@ class SlotKVCache:
             for i in range(self.num_layers):
                 grown = torch.zeros(shape, dtype=self.dtype, device=self.device)
                 if store and self.capacity:
-                    grown[:, :, :self.capacity] = store[i]
+                    # sliced: after a growth that failed half-way (out of GPU memory) some layers are longer
+                    grown[:, :, :self.capacity] = store[i][:, :, :self.capacity]
                 if len(store) > i:
                     store[i] = grown
                 else:
