@@ -203,6 +203,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
     expect(post(server, "/v1/chat/completions", {"model": "tiny", "messages": "hello"}), 400, "messages")
     expect(post(server, "/v1/completions", {"model": "gpt-17", "prompt": "x"}), 404, "gpt-17")
     expect(post(server, "/v1/completions", {"model": "tiny", "prompt": [5] * 300}), 400, "--max-model-len")
+    expect(post(server, "/v1/completions", {"model": "tiny", "prompt": [5, 10 ** 6]}), 400, "token ids")
     expect(post(server, "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 101}), 400,
            "--max-tokens-limit")
     expect(post(server, "/v1/completions", {"model": "tiny", "prompt": "x" * 30000}), 413, "--max-body-bytes")

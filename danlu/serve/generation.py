@@ -45,15 +45,18 @@ class Generator:
                  max_tokens_limit: int):
         self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
         self.max_model_len, self.max_tokens_limit = max_model_len, max_tokens_limit
+        # ids the model has embeddings for: a tokenizer may know more tokens than its model (added tokens
+        # without a resize); such an id fails the whole engine step (IndexError on CPU; on CUDA a device-side
+        # assert, after which the process's CUDA context is unusable), so requests with one are refused
+        self.vocab = min(len(tokenizer), engine.model.get_input_embeddings().num_embeddings)
 
     # ---- prompts and limits -----------------------------------------------------------------
 
     def completion_prompts(self, req: CompletionRequest) -> list[list[int]]:
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            vocab = len(self.tokenizer)
-            if any(t < 0 or t >= vocab for t in prompt):
-                raise ApiError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+            if any(t < 0 for t in prompt):
+                raise ApiError(400, f"prompt token ids must be in [0, {self.vocab})", param="prompt")
             return [list(prompt)]
         texts = [prompt] if isinstance(prompt, str) else prompt
         if not texts:
@@ -72,6 +75,9 @@ class Generator:
         longest = max(len(p) for p in prompts)
         if min(len(p) for p in prompts) == 0:
             raise ApiError(400, "prompt is empty (0 tokens)", param="prompt")
+        if max(max(p) for p in prompts) >= self.vocab:
+            raise ApiError(400, f"prompt token ids must be in [0, {self.vocab}) (the model's embeddings)",
+                           param="prompt")
         if longest >= self.max_model_len:
             raise ApiError(400, f"prompt has {longest} tokens; this server's --max-model-len is "
                                 f"{self.max_model_len} (prompt + generated tokens)", param="prompt",
