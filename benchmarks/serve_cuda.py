@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from serve_load import TOPICS, free_port, median, quantile, wait_ready
+from serve_load import TOPICS, free_port, quantile, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serve_cuda.json"
@@ -158,9 +158,10 @@ def complete(url: str, body: dict) -> dict:
 def parity_prompts(tokenizer, count: int, rng: random.Random) -> list[list[int]]:
     """Token-id prompts of 1..400 tokens: half slices of the training corpus, half random ids."""
     corpus = tokenizer("\n\n".join(p.read_text() for p in CORPUS))["input_ids"]
+    lengths = [1, 2, 5, 17, 40, 90, 160, 300, 400][:count]
+    lengths += [rng.randint(1, 400) for _ in range(count - len(lengths))]
     prompts = []
-    for i in range(count):
-        length = rng.choice([1, 2, 5, 17, 40, 90, 160, 300, 400]) if i < 9 else rng.randint(1, 400)
+    for i, length in enumerate(lengths):
         if i % 2:
             prompts.append([rng.randrange(len(tokenizer)) for _ in range(length)])
         else:
