@@ -6,15 +6,11 @@ ctypes; it links the OpenMP runtime torch already loaded, so it shares torch's t
 fighting them. Where it cannot be built (no compiler, no AVX2), `Int8Linear` computes the same product
 with torch (dequantize, then matmul) and `kernel_error()` says why.
 
-Measured on a 2-core AMD EPYC (Zen 2, AVX2), weights streamed from memory as in a decode step, against
-float32 MKL (`(W @ x.T)`, the faster of the two float32 forms) on SmolLM2-135M's shapes:
-
-| rows | 1536 x 576 | 576 x 1536 | 49152 x 576 (lm_head) |
-|---|---|---|---|
-| 1 | 0.063 vs 0.318 ms | 0.075 vs 0.220 ms | 1.9 vs 10.0 ms |
-| 16 | 0.230 vs 0.397 ms | 0.228 vs 0.340 ms | 7.3 vs 16.1 ms |
-| 64 | 0.697 vs 0.953 ms | 0.760 vs 0.904 ms | 22.8 vs 36.5 ms |
-| 256 | 2.71 vs 3.16 ms | 2.90 vs 3.16 ms | 91 vs 119 ms |
+`benchmarks/int8_linear_kernel.py` measures it against float32 MKL and torch's own weight-only int8 kernel
+(`torch._weight_int8pack_mm`) on SmolLM2-135M's shapes, weights streamed from memory as in a decode step.
+On a 2-core AMD EPYC (Zen 2, AVX2): 2.3-4.5x float32 at 1 row, 1.4-2.0x at 16, 1.2-1.5x at 64, 1.1-1.2x at
+256 (against the faster of `F.linear` and `W @ x.T`); torch's int8 kernel is 4-6x slower than it at 1 row and
+~30x at 16 (`benchmarks/results/int8_linear_kernel.json`).
 """
 
 from __future__ import annotations
