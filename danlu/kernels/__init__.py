@@ -8,7 +8,7 @@ with torch (dequantize, then matmul) and `kernel_error()` says why.
 
 `benchmarks/int8_linear_kernel.py` measures it against float32 MKL and torch's own weight-only int8 kernel
 (`torch._weight_int8pack_mm`) on SmolLM2-135M's shapes, weights streamed from memory as in a decode step.
-On a 2-core AMD EPYC (Zen 2, AVX2): 2.3-4.5x float32 at 1 row, 1.4-2.0x at 16, 1.2-1.5x at 64, 1.1-1.2x at
+On a 2-core AMD EPYC (Zen 2, AVX2): 2.3-4.5x float32 at 1 row, 1.4-2.1x at 16, 1.2-1.4x at 64, 1.06-1.13x at
 256 (against the faster of `F.linear` and `W @ x.T`); torch's int8 kernel is 4-6x slower than it at 1 row and
 ~30x at 16 (`benchmarks/results/int8_linear_kernel.json`).
 """
