@@ -88,12 +88,8 @@ def test_disabled_kernel_says_why(monkeypatch):
 def test_quantized_decoder_serves_the_same_greedy_tokens_as_its_generate(tiny_llama):
     """With every Linear int8 (the output head too), the engine's continuous batching still gives each
     request exactly what `generate` gives it alone: the kernel's rows do not depend on the batch."""
-    import random
-
-    from danlu.serve.engine import DecoderEngine, Sequence
     from danlu.serve.loading import load_decoder
-    from danlu.serve.sampling import SamplingParams
-    from test_serve_engine import run_all
+    from test_serve_engine import generate_alone, greedy_in_batches
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -102,22 +98,9 @@ def test_quantized_decoder_serves_the_same_greedy_tokens_as_its_generate(tiny_ll
         swapped = [m for m in model.modules() if isinstance(m, Int8Linear)]
         assert len(swapped) == 2 * 7 + 1 and model.lm_head in swapped
         assert model.model.embed_tokens.weight.dtype == torch.float32  # the lookup table stays float
-        engine = DecoderEngine(model, tokenizer, max_batch_size=4, max_queue=100, max_model_len=256,
-                               prefill_chunk=16)
-        engine.start()
-        try:
-            rng = random.Random(1)
-            prompts = [[rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 60))] for _ in range(12)]
-            seqs = [Sequence(p, SamplingParams(max_tokens=rng.randint(1, 20), temperature=0),
-                             lambda e: None, tokenizer) for p in prompts]
-            run_all(engine, seqs)
-        finally:
-            engine.stop()
+        prompts, seqs, _ = greedy_in_batches(model, tokenizer, count=12, longest=60, slots=4, seed=1)
         for prompt, seq in zip(prompts, seqs):
-            n = seq.params.max_tokens
-            want = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                  max_new_tokens=n, do_sample=False)[0, len(prompt):].tolist()
-            assert seq.generated == want
+            assert seq.generated == generate_alone(model, prompt, seq.params.max_tokens)
     finally:
         torch.set_num_threads(threads)
 

@@ -43,33 +43,43 @@ def run_all(engine, seqs, timeout=120):
     return events
 
 
-def test_greedy_tokens_match_generate_alone_whatever_the_batch(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
-    # 5 slots for 24 sequences (so they queue, join and leave), 16-token prefill chunks (so long prompts
-    # are prefilled over several steps while others decode), prompts of 1..120 tokens
-    engine = DecoderEngine(model, tokenizer, max_batch_size=5, max_queue=100, max_model_len=512,
+def greedy_in_batches(model, tokenizer, *, count, longest, slots, seed, noise=0):
+    """`count` random prompts of 1..`longest` tokens, each decoded greedily for 1..25 new tokens by an engine of
+    `slots` slots (so they queue, join and leave) with 16-token prefill chunks (so long prompts are prefilled
+    over several steps while others decode), beside `noise` sampled sequences on the same prompts.
+    Returns (prompts, the greedy sequences, their events)."""
+    engine = DecoderEngine(model, tokenizer, max_batch_size=slots, max_queue=100, max_model_len=512,
                            prefill_chunk=16)
     engine.start()
     try:
-        rng = random.Random(0)
-        prompts = [[rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 120))] for _ in range(24)]
-        lengths = [rng.randint(1, 25) for _ in prompts]
-        seqs = [Sequence(p, SamplingParams(max_tokens=n, temperature=0), lambda e: None, tokenizer)
-                for p, n in zip(prompts, lengths)]
-        # some sampled sequences in the same batch must not disturb the greedy ones
-        noise = [Sequence(prompts[i], SamplingParams(max_tokens=10, temperature=1.0, seed=i), lambda e: None,
-                          tokenizer) for i in range(4)]
-        events = run_all(engine, seqs + noise)
+        rng = random.Random(seed)
+        prompts = [[rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, longest))] for _ in range(count)]
+        seqs = [Sequence(p, SamplingParams(max_tokens=rng.randint(1, 25), temperature=0), lambda e: None, tokenizer)
+                for p in prompts]
+        sampled = [Sequence(prompts[i], SamplingParams(max_tokens=10, temperature=1.0, seed=i), lambda e: None,
+                            tokenizer) for i in range(noise)]
+        events = run_all(engine, seqs + sampled)
     finally:
         engine.stop()
-    for prompt, n, seq in zip(prompts, lengths, seqs):
-        reference = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                   max_new_tokens=n, do_sample=False)[0, len(prompt):].tolist()
+    assert engine.stats()["running"] == 0 and engine.stats()["waiting"] == 0
+    return prompts, seqs, events
+
+
+def generate_alone(model, prompt, new_tokens):
+    return model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                          max_new_tokens=new_tokens, do_sample=False)[0, len(prompt):].tolist()
+
+
+def test_greedy_tokens_match_generate_alone_whatever_the_batch(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    # some sampled sequences in the same batches must not disturb the greedy ones
+    prompts, seqs, events = greedy_in_batches(model, tokenizer, count=24, longest=120, slots=5, seed=0, noise=4)
+    for prompt, seq in zip(prompts, seqs):
+        reference = generate_alone(model, prompt, seq.params.max_tokens)
         assert seq.generated == reference
         last = events[seq.id][-1]
         assert last.completion_tokens == len(reference) and last.prompt_tokens == len(prompt)
         assert last.finish_reason == ("stop" if reference[-1] == tokenizer.eos_token_id else "length")
-    assert engine.stats()["running"] == 0 and engine.stats()["waiting"] == 0
 
 
 def test_cancel_frees_the_slot_and_full_queue_refuses(model_and_tokenizer):

@@ -31,7 +31,7 @@ class ServeArgs:
     quantize: Literal["none", "int8"] = arg(
         "none", "decoders on CPU: int8 = weight-only int8 (a byte per weight, a scale per output row) for every "
                 "Linear and the output head, run by danlu's AVX2 kernel: SmolLM2-135M decodes 1.5-2x faster "
-                "here, perplexity within 0.1 percent of float32; none = weights as --dtype")
+                "here, perplexity within 0.3 percent of float32; none = weights as --dtype")
     device: str = arg("auto", "cpu, cuda, cuda:N; auto = cuda when present")
     threads: int = arg(0, "CPU threads for torch; 0 means torch's default")
 
