@@ -126,3 +126,22 @@ def test_quantize_linears_keeps_the_named_ones_and_unties_the_head(tiny_llama):
     assert type(model.model.layers[1].mlp.up_proj) is torch.nn.Linear
     assert quantize_linears(model, names={"lm_head"}) == 1
     assert isinstance(model.lm_head, Int8Linear) and model.config.tie_word_embeddings is False
+
+
+def test_module_follows_its_buffers_when_they_move_or_change():
+    """The kernel's addresses are cached: casting the module, or giving it new weights, must not leave it
+    reading the old memory."""
+    torch.manual_seed(2)
+    int8 = Int8Linear.from_linear(torch.nn.Linear(16, 8))
+    x = torch.randn(3, 16)
+    want = reference(x, int8.qweight, int8.scale, int8.bias)
+    torch.testing.assert_close(int8(x), want, rtol=1e-5, atol=1e-5)
+    int8.double()  # scale and bias become float64: the float64 path must be used and still be right
+    torch.testing.assert_close(int8(x.double()).float(), want, rtol=1e-5, atol=1e-5)
+    int8.float()
+    torch.testing.assert_close(int8(x), want, rtol=1e-5, atol=1e-5)
+    q, scale = quantize_rows(torch.randn(8, 16))
+    int8.qweight = q  # a new tensor at a new address
+    torch.testing.assert_close(int8(x), reference(x, q, int8.scale, int8.bias), rtol=1e-5, atol=1e-5)
+    int8.scale = scale
+    torch.testing.assert_close(int8(x), reference(x, q, scale, int8.bias), rtol=1e-5, atol=1e-5)

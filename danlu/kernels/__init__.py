@@ -89,6 +89,12 @@ def kernel_error() -> str | None:
     return library if isinstance(library, str) else None
 
 
+def kernel_function():
+    """The C function `danlu_w8_linear` (argument types set), or None where the kernel is unavailable."""
+    library = _library()
+    return None if isinstance(library, str) else library.danlu_w8_linear
+
+
 def w8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`x @ (qweight * scale[:, None]).T + bias` with the C++ kernel; x float32 on CPU, any leading shape."""
     library = _library()
