@@ -2,12 +2,12 @@
 transformers server.
 
 All serve SmolLM2-135M-Instruct (danlu and the naive server from the packaged model converted to
-safetensors; llama.cpp from the packaged GGUF Q4_1 file it came from). danlu runs twice: with int8 weights
-(`--quantize int8`, danlu's AVX2 kernel; `danlu_int8`) and with float32 weights (`danlu`). through the chat endpoint with the same
+safetensors; llama.cpp from the packaged GGUF Q4_1 file it came from) through the chat endpoint with the same
 chat prompts, greedy, `max_tokens` 64, streaming. For each level of concurrency (1, 4, 16, 64 clients)
 each server is driven for a fixed time by that many clients that each send one request after another;
 the servers take turns level by level (danlu int8, danlu, llama-server, llama-cpp-python, naive, ...) for
-`--rounds` rounds.
+`--rounds` rounds. danlu runs twice: with int8 weights (`--quantize int8`, danlu's AVX2 kernel; `danlu_int8`)
+and with float32 weights (`danlu`).
 
 Reported per server and level (medians over rounds): aggregate output tokens/s (streamed content chunks
 received inside the window; each chunk carries one token on every server), time to first token p50/p99,

@@ -105,15 +105,24 @@ def test_quantized_decoder_serves_the_same_greedy_tokens_as_its_generate(tiny_ll
         torch.set_num_threads(threads)
 
 
-def test_quantize_int8_is_refused_off_cpu_and_for_bf16(tiny_llama):
+def test_quantize_int8_is_refused_off_cpu_and_for_bf16_before_loading(tiny_llama):
     from danlu.errors import DanluError
-    from danlu.serve.loading import _quantize_int8
+    from danlu.serve.loading import load_decoder
 
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    # refused before any weights are loaded: no CUDA is needed to see the CUDA refusal
     with pytest.raises(DanluError, match="runs on CPU"):
-        _quantize_int8(model, torch.float32, torch.device("cuda"))
+        load_decoder(tiny_llama, torch.float32, torch.device("cuda"), quantize="int8")
     with pytest.raises(DanluError, match="float32"):
-        _quantize_int8(model, torch.bfloat16, torch.device("cpu"))
+        load_decoder(tiny_llama, torch.bfloat16, torch.device("cpu"), quantize="int8")
+
+
+def test_quantize_int8_is_refused_for_encoders(tiny_bert):
+    from danlu.errors import DanluError
+    from danlu.serve.app import build_state
+    from danlu.serve.args import ServeArgs
+
+    with pytest.raises(DanluError, match=r"applies to decoders, and .* is an encoder \(classifier\)"):
+        build_state(ServeArgs(model=str(tiny_bert), quantize="int8"))
 
 
 def test_quantize_linears_keeps_the_named_ones_and_unties_the_head(tiny_llama):

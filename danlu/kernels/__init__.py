@@ -95,17 +95,27 @@ def kernel_function():
     return None if isinstance(library, str) else library.danlu_w8_linear
 
 
+STATUS = {1: "K must be a multiple of 8", 2: "out of memory for its scratch buffer"}
+
+
+def run_w8(function, x: torch.Tensor, weight: int, scale: int, bias: int | None, out_features: int) -> torch.Tensor:
+    """Call `function` (from `kernel_function`) on float32 CPU `x` of any leading shape, with the addresses
+    of the int8 weight, its scales and the bias (or None)."""
+    if not x.is_contiguous():
+        x = x.contiguous()
+    k = x.shape[-1]
+    out = x.new_empty(x.shape[:-1] + (out_features,))
+    status = function(x.data_ptr(), weight, scale, bias, out.data_ptr(), x.numel() // k, out_features, k,
+                      torch.get_num_threads())
+    if status:
+        raise KernelUnavailable(f"danlu_w8_linear returned {status}: {STATUS.get(status, 'unknown error')} (K={k})")
+    return out
+
+
 def w8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`x @ (qweight * scale[:, None]).T + bias` with the C++ kernel; x float32 on CPU, any leading shape."""
-    library = _library()
-    if isinstance(library, str):
-        raise KernelUnavailable(library)
-    k = x.shape[-1]
-    flat = x.reshape(-1, k).contiguous()
-    out = torch.empty(flat.shape[0], qweight.shape[0], dtype=torch.float32)
-    status = library.danlu_w8_linear(flat.data_ptr(), qweight.data_ptr(), scale.data_ptr(),
-                                     None if bias is None else bias.data_ptr(), out.data_ptr(),
-                                     flat.shape[0], qweight.shape[0], k, torch.get_num_threads())
-    if status:
-        raise KernelUnavailable(f"danlu_w8_linear returned {status} (K={k} must be a multiple of 8)")
-    return out.view(*x.shape[:-1], qweight.shape[0])
+    function = kernel_function()
+    if function is None:
+        raise KernelUnavailable(kernel_error())
+    return run_w8(function, x, qweight.data_ptr(), scale.data_ptr(), None if bias is None else bias.data_ptr(),
+                  qweight.shape[0])

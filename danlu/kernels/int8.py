@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from danlu.kernels import KernelUnavailable, kernel_error, kernel_function
+from danlu.kernels import kernel_error, kernel_function, run_w8
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,15 +65,8 @@ class Int8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         call = self._kernel_call()
         if call is not None and x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
-            if not x.is_contiguous():
-                x = x.contiguous()
-            out = x.new_empty(x.shape[:-1] + (self.out_features,))
-            fn, weight, scale, bias = call
-            status = fn(x.data_ptr(), weight, scale, bias, out.data_ptr(), x.numel() // self.in_features,
-                        self.out_features, self.in_features, torch.get_num_threads())
-            if status:
-                raise KernelUnavailable(f"danlu_w8_linear returned {status} (out of memory for its buffer)")
-            return out
+            function, weight, scale, bias = call
+            return run_w8(function, x, weight, scale, bias, self.out_features)
         weight = self.dequantized().to(x.dtype)
         return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
 

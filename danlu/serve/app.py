@@ -227,7 +227,7 @@ def build_state(args: ServeArgs) -> ServerState:
     kind = model_kind(path)
     if args.quantize != "none":
         if kind != "decoder":
-            raise DanluError(f"--quantize {args.quantize} applies to decoders; {path} holds a {kind}")
+            raise DanluError(f"--quantize {args.quantize} applies to decoders, and {path} is an encoder ({kind})")
         dtype = torch.float32 if args.dtype == "auto" else dtype
     name = args.served_model_name or (args.model if not Path(args.model).expanduser().is_dir() else path.name)
     metrics = Metrics(name)

@@ -68,6 +68,8 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device, quantize:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_safe_weights(path)
+    if quantize == "int8":
+        _check_int8(dtype, device)
     manifest = read_manifest(path)
     if manifest.get("task") not in (None, "causal-lm", "clm", "pretrain", "generate"):
         raise DanluError(f"{path} is a {manifest['task']!r} artifact, not a decoder")
@@ -79,14 +81,17 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device, quantize:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
         model.to(device).eval()
     if quantize == "int8":
-        _quantize_int8(model, dtype, device)
+        from danlu.kernels.int8 import quantize_linears
+
+        quantize_linears(model, head=True)
+        release_freed_memory()  # the float32 weights just dropped (~400 MB for SmolLM2-135M)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer
 
 
-def _quantize_int8(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+def _check_int8(dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse `--quantize int8` where it cannot run, before any weights are loaded."""
     from danlu.kernels import kernel_error
-    from danlu.kernels.int8 import quantize_linears
 
     if device.type != "cpu":
         raise DanluError(f"--quantize int8 runs on CPU (danlu's AVX2 kernel); on {device} use --dtype bfloat16")
@@ -95,8 +100,6 @@ def _quantize_int8(model: torch.nn.Module, dtype: torch.dtype, device: torch.dev
     reason = kernel_error()
     if reason:
         raise DanluError(f"--quantize int8 needs danlu's CPU kernel, which is unavailable here: {reason}")
-    quantize_linears(model, head=True)
-    release_freed_memory()  # the float32 weights just dropped (~400 MB for SmolLM2-135M)
 
 
 def release_freed_memory() -> None:
