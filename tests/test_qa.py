@@ -98,9 +98,12 @@ def test_an_overlong_question_is_cut_not_refused(tiny_qa):
     assert LONG[result["start"]:result["end"]] == result["answer"] != ""
 
 
-def test_doc_stride_must_leave_room():
-    with pytest.raises(DanluError, match="--doc-stride must be in"):
-        qa.prepare_train_features(None, [], 64, 32)
+def test_doc_stride_must_leave_room(tiny_qa):
+    _, tokenizer = tiny_qa
+    example = _example(LONG, "topic 140")
+    with pytest.raises(DanluError, match=r"--doc-stride must be in \[1, 108\] for --max-length 128"):
+        qa.prepare_train_features(tokenizer, [example], 128, 128)
+    assert qa.prepare_train_features(tokenizer, [example], 128, 108)
 
 
 # ---- post-processing on hand-made logits --------------------------------------------------------

@@ -64,16 +64,24 @@ def build_model(model_path: Path, labels: list[str]) -> torch.nn.Module:
 # ---- features -----------------------------------------------------------------------------------
 
 
-def _check_window(tokenizer, max_length: int, doc_stride: int) -> None:
-    if not 0 < doc_stride < max_length // 2:
-        raise DanluError(f"--doc-stride must be in (0, {max_length // 2}) for --max-length {max_length}, "
-                         f"got {doc_stride}")
+MIN_QUESTION_TOKENS = 16
+
+
+def _question_limit(tokenizer, max_length: int, doc_stride: int) -> int:
+    """The most question tokens that leave a context window longer than the stride (the tokenizer
+    refuses otherwise); DanluError when the window leaves too little room for any question."""
+    limit = max_length - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride - 1
+    if doc_stride < 1 or limit < MIN_QUESTION_TOKENS:
+        raise DanluError(f"--doc-stride must be in [1, {doc_stride + limit - MIN_QUESTION_TOKENS}] for "
+                         f"--max-length {max_length} (a window holds the question, the special tokens and more "
+                         f"than the stride of context), got {doc_stride}")
+    return limit
 
 
 def _clip_questions(tokenizer, questions: list[str], max_length: int, doc_stride: int) -> list[str]:
     """Questions with leading spaces stripped (as the recipe does) and cut to the tokens that leave a
     context window longer than the stride (the tokenizer refuses otherwise); SQuAD's are far shorter."""
-    limit = max_length - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride - 1
+    limit = _question_limit(tokenizer, max_length, doc_stride)
     questions = [q.lstrip() for q in questions]
     encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
     return [q if len(offsets) <= limit else q[:offsets[limit - 1][1]]
@@ -82,7 +90,6 @@ def _clip_questions(tokenizer, questions: list[str], max_length: int, doc_stride
 
 def _windows(tokenizer, examples: Sequence[QAExample], max_length: int, doc_stride: int):
     """The tokenizer's overlapping windows of every (question, context) pair, unpadded."""
-    _check_window(tokenizer, max_length, doc_stride)
     pad_on_right = tokenizer.padding_side == "right"
     questions = _clip_questions(tokenizer, [e.question for e in examples], max_length, doc_stride)
     contexts = [e.context for e in examples]
