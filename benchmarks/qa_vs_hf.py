@@ -234,7 +234,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from danlu.artifact import resolve_model
+    from danlu.assets import resolve_model
     from danlu.hardware import bf16_is_fast
     from danlu.tasks import get_task
     from danlu.tasks.base import DataSpec

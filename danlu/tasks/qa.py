@@ -30,9 +30,11 @@ HEAD = "AutoModelForQuestionAnswering"
 PEFT_TASK_TYPE = "QUESTION_ANS"
 ROUTE = "/v1/qa"
 ONNX_OUTPUTS = ("start_logits", "end_logits")
+OPTIONS = ("doc_stride", "max_answer_length")  # FinetuneArgs fields read here (recorded in danlu.json)
+TRAIN_METRICS = ("f1", "exact_match")
 
 MAX_LENGTH = 384  # the window the standard recipe uses (the stages' --max-length default of 128 is too short)
-DOC_STRIDE = 128  # tokens two neighbouring windows share
+DOC_STRIDE = 128  # tokens two neighbouring windows share; 0 = min(128, max_length // 2), as HF's QA pipeline
 MAX_ANSWER_LENGTH = 30  # tokens
 N_BEST = 20  # best starts x best ends searched per window
 
@@ -71,7 +73,7 @@ def _question_limit(tokenizer, max_length: int, doc_stride: int) -> int:
     """The most question tokens that leave a context window longer than the stride (the tokenizer
     refuses otherwise); DanluError when the window leaves too little room for any question."""
     limit = max_length - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride - 1
-    if doc_stride < 1 or limit < MIN_QUESTION_TOKENS:
+    if doc_stride < 0 or limit < MIN_QUESTION_TOKENS:
         raise DanluError(f"--doc-stride must be in [1, {doc_stride + limit - MIN_QUESTION_TOKENS}] for "
                          f"--max-length {max_length} (a window holds the question, the special tokens and more "
                          f"than the stride of context), got {doc_stride}")
@@ -90,6 +92,7 @@ def _clip_questions(tokenizer, questions: list[str], max_length: int, doc_stride
 
 def _windows(tokenizer, examples: Sequence[QAExample], max_length: int, doc_stride: int):
     """The tokenizer's overlapping windows of every (question, context) pair, unpadded."""
+    doc_stride = doc_stride or min(DOC_STRIDE, max_length // 2)
     pad_on_right = tokenizer.padding_side == "right"
     questions = _clip_questions(tokenizer, [e.question for e in examples], max_length, doc_stride)
     contexts = [e.context for e in examples]
@@ -200,8 +203,10 @@ class SpanObjective:
 
 
 def make_objective(tokenizer, examples: Sequence[QAExample], labels: list[str], max_length: int,
-                   doc_stride: int = DOC_STRIDE) -> tuple[SpanObjective, list[int]]:
-    """The span objective over the windows of `examples`, and each window's token length."""
+                   doc_stride: int = DOC_STRIDE, max_answer_length: int = MAX_ANSWER_LENGTH
+                   ) -> tuple[SpanObjective, list[int]]:
+    """The span objective over the windows of `examples`, and each window's token length
+    (`max_answer_length` matters only at prediction)."""
     features = prepare_train_features(tokenizer, examples, max_length, doc_stride)
     return SpanObjective(features, _pad_id(tokenizer)), [len(f["input_ids"]) for f in features]
 
