@@ -20,14 +20,14 @@ def _write_squad(path, examples):
 
 @pytest.mark.e2e
 def test_finetune_evaluate_predict_on_real_squad(tmp_path, capsys):
-    squad = load_squad("squad", seed=0, max_train_examples=400)
+    squad = load_squad("squad", seed=0, max_train_examples=240)
     folder = tmp_path / "squad-small"
     folder.mkdir()
     _write_squad(folder / "train.json", squad.splits["train"])
     _write_squad(folder / "dev.json", squad.splits["validation"][:40])
     out = tmp_path / "qa"
     assert main(["finetune", "--task", "qa", "--model", "minilm-l6", "--data", str(folder), "--out", str(out),
-                 "--max-length", "192", "--max-steps", "30", "--batch-size", "16", "--lr", "3e-4",
+                 "--max-length", "192", "--max-steps", "30", "--batch-size", "8", "--lr", "3e-4",
                  "--eval-every", "15", "--log-every", "1", "--seed", "0"]) == 0
     manifest = json.loads((out / "danlu.json").read_text())
     assert manifest["task"] == "qa" and manifest["primary_metric"] == "f1"
