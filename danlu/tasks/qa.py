@@ -106,7 +106,7 @@ def _model_inputs(encoded, i: int) -> dict[str, list[int]]:
 
 
 def prepare_train_features(tokenizer, examples: Sequence[QAExample], max_length: int = MAX_LENGTH,
-                           doc_stride: int = DOC_STRIDE) -> list[dict[str, Any]]:
+                           doc_stride: int = 0) -> list[dict[str, Any]]:
     """One feature per window with `start_positions` / `end_positions` of the first gold answer, or
     both at the CLS token when the window does not hold the whole answer."""
     encoded, pad_on_right = _windows(tokenizer, examples, max_length, doc_stride)
@@ -134,7 +134,7 @@ def prepare_train_features(tokenizer, examples: Sequence[QAExample], max_length:
 
 
 def prepare_validation_features(tokenizer, examples: Sequence[QAExample], max_length: int = MAX_LENGTH,
-                                doc_stride: int = DOC_STRIDE) -> list[dict[str, Any]]:
+                                doc_stride: int = 0) -> list[dict[str, Any]]:
     """One feature per window: model inputs, the index of its example, and the character span of
     each token in the context (None for the question, special tokens and padding)."""
     encoded, pad_on_right = _windows(tokenizer, examples, max_length, doc_stride)
@@ -203,7 +203,7 @@ class SpanObjective:
 
 
 def make_objective(tokenizer, examples: Sequence[QAExample], labels: list[str], max_length: int,
-                   doc_stride: int = DOC_STRIDE, max_answer_length: int = MAX_ANSWER_LENGTH
+                   doc_stride: int = 0, max_answer_length: int = MAX_ANSWER_LENGTH
                    ) -> tuple[SpanObjective, list[int]]:
     """The span objective over the windows of `examples`, and each window's token length
     (`max_answer_length` matters only at prediction)."""
@@ -289,7 +289,7 @@ def best_answers(examples: Sequence[QAExample], features: list[dict[str, Any]],
 
 
 def answer_questions(model, tokenizer, examples: Sequence[QAExample], max_length: int = MAX_LENGTH,
-                     doc_stride: int = DOC_STRIDE, max_answer_length: int = MAX_ANSWER_LENGTH,
+                     doc_stride: int = 0, max_answer_length: int = MAX_ANSWER_LENGTH,
                      batch_size: int = 32, progress: str = "") -> tuple[list[Answer], int]:
     """Windows, model, post-processing: one answer per example, and how many windows there were."""
     features = prepare_validation_features(tokenizer, examples, max_length, doc_stride)
@@ -298,7 +298,7 @@ def answer_questions(model, tokenizer, examples: Sequence[QAExample], max_length
 
 
 def score(model, tokenizer, examples: Sequence[QAExample], labels: list[str], max_length: int,
-          progress: str = "", doc_stride: int = DOC_STRIDE, max_answer_length: int = MAX_ANSWER_LENGTH,
+          progress: str = "", doc_stride: int = 0, max_answer_length: int = MAX_ANSWER_LENGTH,
           batch_size: int = 32) -> dict[str, Any]:
     """SQuAD v1.1 exact match and F1 (in [0, 1]) over `examples`, and how many questions and windows."""
     answers, windows = answer_questions(model, tokenizer, examples, max_length, doc_stride, max_answer_length,
@@ -307,7 +307,7 @@ def score(model, tokenizer, examples: Sequence[QAExample], labels: list[str], ma
 
 
 def predict(model, tokenizer, inputs: Sequence[dict[str, str]], labels: list[str], max_length: int,
-            batch_size: int = 32, doc_stride: int = DOC_STRIDE,
+            batch_size: int = 32, doc_stride: int = 0,
             max_answer_length: int = MAX_ANSWER_LENGTH) -> list[dict[str, Any]]:
     """{"answer", "start", "end", "score"} per {"question", "context"}; context[start:end] == answer."""
     examples = [QAExample(str(i), x["question"], x["context"]) for i, x in enumerate(inputs)]
@@ -324,6 +324,11 @@ def predict(model, tokenizer, inputs: Sequence[dict[str, str]], labels: list[str
 def input_of(example: QAExample) -> dict[str, str]:
     """The predict input an example corresponds to."""
     return {"question": example.question, "context": example.context}
+
+
+def decision(result: dict[str, Any]) -> tuple[int, int]:
+    """What two predictions must share to agree (ONNX parity, compress): the answer's character span."""
+    return result["start"], result["end"]
 
 
 def _checked(item: Any, where: str) -> dict[str, str]:
