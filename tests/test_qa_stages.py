@@ -105,3 +105,18 @@ def test_compress_measures_f1_of_each_variant(qa_artifact, squad_slice, tmp_path
     assert rows["onnx"]["accuracy_drop"] == pytest.approx(0, abs=1e-4)  # ONNX fp32 keeps the answers
     assert rows["int8-dynamic"]["accuracy_drop"] == pytest.approx(100 * (original["f1"] - rows["int8-dynamic"]["f1"]),
                                                                   abs=1e-3)
+
+
+def test_lora_qa_artifact_predicts_like_its_merged_model(tiny_bert, squad_slice, tmp_path, capsys):
+    out = tmp_path / "qa-lora"
+    assert main(["finetune", "--task", "qa", "--model", str(tiny_bert), "--data", str(squad_slice), "--out", str(out),
+                 "--max-length", "64", "--max-steps", "3", "--batch-size", "16", "--lr", "1e-3", "--lora",
+                 "--lora-r", "4"]) == 0
+    assert (out / "adapter_config.json").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "QUESTION_ANS"
+    merged = tmp_path / "qa-merged"
+    assert main(["merge", str(out), "--out", str(merged)]) == 0
+    inputs = [{"question": "Where does river 7 flow?", "context": LONG_CONTEXT}]
+    lora, plain = _pytorch_answers(out, inputs)[0], _pytorch_answers(merged, inputs)[0]
+    assert (lora["start"], lora["end"]) == (plain["start"], plain["end"])
+    assert lora["score"] == pytest.approx(plain["score"], abs=1e-4)
