@@ -208,17 +208,20 @@ def run_danlu(ctx, steps, bf16, hp) -> tuple[float, float, float]:
     return seconds, metrics["exact_match"], metrics["f1"]
 
 
-def check_same_windows(ctx) -> int:
-    """The peer's training windows (unpadded) are danlu's, token for token and position for position."""
+def check_same_windows(ctx) -> tuple[int, int]:
+    """The peer's training windows (unpadded) are danlu's token for token; returns how many windows there
+    are and in how many the answer positions differ (the recipe's start loop runs past the context onto
+    [SEP] when an answer starts at a window's last context token: 1 window in 20k of SQuAD train)."""
     tokenizer = ctx["tokenizer"]
     peer = hf_prepare_train_features(_columns(ctx["train"]), tokenizer, pad=False)
     ours, _ = ctx["qa"].make_objective(tokenizer, ctx["train"], [], MAX_LENGTH, doc_stride=DOC_STRIDE)
     assert len(peer["input_ids"]) == len(ours.features)
+    differ = 0
     for i, feature in enumerate(ours.features):
         assert feature["input_ids"] == peer["input_ids"][i]
-        assert (feature["start_positions"], feature["end_positions"]) == (peer["start_positions"][i],
-                                                                          peer["end_positions"][i])
-    return len(ours.features)
+        differ += (feature["start_positions"], feature["end_positions"]) != (peer["start_positions"][i],
+                                                                            peer["end_positions"][i])
+    return len(ours.features), differ
 
 
 def main() -> None:
@@ -246,7 +249,7 @@ def main() -> None:
     data = qa.load_data(DataSpec("squad", seed=hp["seed"], max_train_examples=opts.train_examples))
     ctx = {"qa": qa, "model_path": model_path, "tokenizer": AutoTokenizer.from_pretrained(str(model_path)),
            "train": data.splits["train"], "dev": data.splits["validation"][:opts.dev]}
-    windows = check_same_windows(ctx)
+    windows, labels_differ = check_same_windows(ctx)
     bf16 = opts.precision == "bf16"
     samples = opts.steps * hp["batch"]
     report = {"model": "minilm-l6", "data": f"squad v1.1: {opts.train_examples} seeded train questions "
@@ -254,6 +257,7 @@ def main() -> None:
               "max_length": MAX_LENGTH, "doc_stride": DOC_STRIDE, "steps": opts.steps, "samples_per_run": samples,
               **hp, "precision": opts.precision, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "cpu": cpu_model(), "native_bf16": bf16_is_fast(), "same_windows_checked": windows,
+              "windows_whose_answer_positions_differ_from_the_recipe": labels_differ,
               "load_average_at_start": os.getloadavg()}
     systems = {"danlu": lambda: run_danlu(ctx, opts.steps, bf16, hp),
                "hf": lambda: run_hf(ctx, opts.steps, bf16, hp, dynamic=False),

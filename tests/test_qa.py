@@ -70,6 +70,16 @@ def test_train_windows_point_at_the_answer_or_at_cls(tiny_qa, answer, occurrence
     assert holding >= 1 and holding < len(train)
 
 
+def test_an_answer_at_the_end_of_the_context_stays_inside_it(tiny_qa):
+    """The recipe's loop would run on to the closing [SEP] (start after end); ours stops at the context."""
+    _, tokenizer = tiny_qa
+    example = _example("The capital of France is Paris", "Paris")
+    feature = qa.prepare_train_features(tokenizer, [example], MAX_LENGTH, STRIDE)[0]
+    offsets = qa.prepare_validation_features(tokenizer, [example], MAX_LENGTH, STRIDE)[0]["offset_mapping"]
+    assert feature["start_positions"] == feature["end_positions"] == len(feature["input_ids"]) - 2
+    assert example.context[offsets[feature["start_positions"]][0]:offsets[feature["end_positions"]][1]] == "Paris"
+
+
 @pytest.mark.parametrize("answer, occurrence", [("首都", 0), ("😀", 0), ("🇨🇳", 2), ("Zürich", 4), ("naïve café", 5),
                                                 ("东京是日本", 3)])
 def test_multibyte_answers_round_trip_through_offsets(tiny_qa, answer, occurrence):

@@ -124,7 +124,10 @@ def prepare_train_features(tokenizer, examples: Sequence[QAExample], max_length:
             first = sequence_ids.index(context_id)
             last = len(sequence_ids) - 1 - sequence_ids[::-1].index(context_id)
             if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
-                while first < len(offsets) and offsets[first][0] <= start_char:
+                # The recipe's loops, kept inside the context: the recipe's first loop runs on over the
+                # closing [SEP] (offsets (0, 0)) when the answer starts at the window's last context token.
+                context_end = last
+                while first <= context_end and offsets[first][0] <= start_char:
                     first += 1
                 while offsets[last][1] >= end_char:
                     last -= 1
