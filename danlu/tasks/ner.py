@@ -38,13 +38,15 @@ def load_data(spec):
     from danlu.tasks.base import TaskData
 
     data = load_ner(spec.data, spec.seed, spec.val_ratio, spec.test_ratio)
-    splits = data.splits
+    splits, split_info = data.splits, data.split_info
     if spec.max_train_examples and len(splits["train"]) > spec.max_train_examples:
         import random
 
         keep = sorted(random.Random(spec.seed).sample(range(len(splits["train"])), spec.max_train_examples))
         splits = {**splits, "train": [splits["train"][i] for i in keep]}
-    return TaskData(splits, data.labels, data.source, data.fingerprint, data.split_info)
+        split_info = {**split_info, "max_train_examples": spec.max_train_examples,
+                      "sizes": {**split_info["sizes"], "train": len(keep)}}
+    return TaskData(splits, data.labels, data.source, data.fingerprint, split_info)
 
 
 def build_model(model_path: Path, labels: list[str]) -> torch.nn.Module:
