@@ -165,16 +165,15 @@ def test_score_reports_entity_metrics_and_loss(tokenizer, tiny_tagger):
     assert "f1" in table and "PER" in table.splitlines()[-1]
 
 
-def test_request_validation_and_inputs(tmp_path):
+def test_request_validation_inputs_and_parity_decision(tmp_path):
     assert ner.validate_request("one") == ["one"]
     for bad in ([], [1], {"text": "x"}, None):
-        with pytest.raises(ValueError, match="'input' must be a string or a non-empty list of strings"):
+        with pytest.raises(ValueError, match="input must be a non-empty string or list of strings"):
             ner.validate_request(bad)
-    path = tmp_path / "in.jsonl"
-    path.write_text('{"text": "Paris"}\n\n{"text": 3}\n')
-    with pytest.raises(DanluError, match=r"in\.jsonl:3: expected an object with a \"text\" string"):
-        ner.read_inputs([], str(path))
     plain = tmp_path / "in.txt"
     plain.write_text("Paris\n\nRome\n")
     assert ner.read_inputs(["Oslo"], str(plain)) == ["Oslo", "Paris", "Rome"]
     assert ner.input_of(TaggedSentence(["New", "York"], ["B-LOC", "I-LOC"])) == "New York"
+    result = {"entities": [{"type": "LOC", "text": "Paris", "start": 3, "end": 8, "score": 0.9}]}
+    assert ner.decision(result) == ner.decision({"entities": [{**result["entities"][0], "score": 0.5}]})
+    assert ner.decision(result) != ner.decision({"entities": [{**result["entities"][0], "type": "ORG"}]})

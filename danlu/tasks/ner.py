@@ -11,7 +11,6 @@ character offsets of the original text (the fast tokenizer's offset mapping), so
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +26,8 @@ HEAD = "AutoModelForTokenClassification"
 PEFT_TASK_TYPE = "TOKEN_CLS"
 ROUTE = "/v1/ner"
 ONNX_OUTPUTS = ("logits",)
+KIND = "token-classifier"  # what /v1/models and server errors call a model of this task
+TRAIN_METRICS = ("f1", "precision", "recall", "accuracy", "loss")  # recorded per evaluation in training
 IGNORE = -100  # label of tokens that carry no loss (specials, padding, non-first subwords)
 
 
@@ -52,21 +53,20 @@ def load_data(spec):
 def build_model(model_path: Path, labels: list[str]) -> torch.nn.Module:
     """A token classifier with a fresh head over `labels`, from a pretrained encoder folder."""
     from transformers import AutoModelForTokenClassification
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
-    try:
-        return AutoModelForTokenClassification.from_pretrained(
-            str(model_path), num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    return AutoModelForTokenClassification.from_pretrained(
+        str(model_path), num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
 
 
 def input_of(example: TaggedSentence) -> str:
     """The raw text a tagged sentence stands for (its words joined by spaces)."""
     return " ".join(example.tokens)
+
+
+def decision(result: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """What two predictions must share to agree (ONNX parity): the entity spans and their types."""
+    return [(e["type"], e["start"], e["end"]) for e in result["entities"]]
 
 
 # ---- words -> token windows ---------------------------------------------------------------------
@@ -257,20 +257,14 @@ def make_objective(tokenizer, examples: Sequence[TaggedSentence], labels: list[s
 # ---- inference ----------------------------------------------------------------------------------
 
 
-def _device(model) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    parameter = next(iter(model.parameters()), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 @torch.inference_mode()
 def word_probabilities(model, tokenizer, pieces: list[list[list[int]]], max_length: int, batch_size: int = 32,
                        progress: str = "") -> list[list[torch.Tensor | None]]:
     """Per item, per word: the label probabilities at the word's first subword, taken from the window
     where the word is most central (None for a word the tokenizer turned into no tokens)."""
     from tqdm.auto import tqdm
+
+    from danlu.runtime import model_device
 
     windows = make_windows(tokenizer, pieces, max_length)
     rows = _model_rows(tokenizer, windows)
@@ -282,7 +276,7 @@ def word_probabilities(model, tokenizer, pieces: list[list[list[int]]], max_leng
         owners[item] = [ks[o] for o in word_owners([(windows[k].first_word, windows[k].end_word) for k in ks],
                                                     len(pieces[item]))]
     found: dict[int, dict[int, torch.Tensor]] = {}
-    device, pad_id = _device(model), _pad_id(tokenizer)
+    device, pad_id = model_device(model), _pad_id(tokenizer)
     order = sorted(range(len(windows)), key=lambda k: len(windows[k].input_ids))
     bar = tqdm(total=len(pieces), desc=progress, unit="ex", disable=not progress, leave=False, dynamic_ncols=True)
     for start in range(0, len(order), batch_size):
@@ -383,37 +377,19 @@ def score(model, tokenizer, examples: Sequence[TaggedSentence], labels: list[str
 # ---- the command line and the server ------------------------------------------------------------
 
 
-def read_inputs(texts: list[str], input_file: str) -> list[str]:
-    """Texts from the command line, then one per line of --input FILE (JSON Lines: the "text" field)."""
-    inputs = list(texts)
-    if input_file:
-        path = Path(input_file)
-        if not path.is_file():
-            raise DanluError(f"no such file: {path}")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DanluError(f"{path}:{number}: malformed JSON line: {e.msg}") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise DanluError(f"{path}:{number}: expected an object with a \"text\" string")
-                line = row["text"]
-            inputs.append(line)
-    if not inputs:
-        raise DanluError("no input: give texts as arguments or --input FILE")
-    return inputs
+def read_inputs(texts: list[str], input_file: str, **_: str) -> list[str]:
+    """Texts from the command line and --input FILE, as for classification (one per line in .txt,
+    else the `text` column of a CSV/TSV/JSONL/Parquet table)."""
+    from danlu.tasks import classify
+
+    return classify.read_inputs(texts, input_file)
 
 
 def validate_request(inputs: Any) -> list[str]:
-    """The `input` of a /v1/ner request: a string or a non-empty list of strings."""
-    if isinstance(inputs, str):
-        return [inputs]
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) for t in inputs):
-        raise ValueError("'input' must be a string or a non-empty list of strings")
-    return inputs
+    """The `input` of a /v1/ner request: a string or a non-empty list of strings (as /v1/classify)."""
+    from danlu.tasks import classify
+
+    return classify.validate_request(inputs)
 
 
 def format_prediction(input: str, result: dict[str, Any]) -> str:
@@ -428,7 +404,8 @@ def format_prediction(input: str, result: dict[str, Any]) -> str:
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """Micro precision/recall/F1, token accuracy and loss, then a per-type table."""
-    lines = [f"entities (seqeval strict IOB2, micro): precision {metrics['precision']:.4f}  "
+    where = f"{metrics['split']}: " if metrics.get("split") else ""
+    lines = [f"{where}entities (seqeval strict IOB2, micro): precision {metrics['precision']:.4f}  "
              f"recall {metrics['recall']:.4f}  f1 {metrics['f1']:.4f}",
              f"token accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
              f"({metrics['examples']} sentences, {metrics['entities']} entities)",
