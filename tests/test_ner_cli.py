@@ -124,3 +124,15 @@ def test_evaluate_refuses_tags_the_model_does_not_know(tagger, tmp_path):
     r = run("evaluate", tagger, "--data", data, "--output", tmp_path / "eval.json")
     assert r.returncode == 2 and "tags the model does not know: B-ORG" in r.stderr, r.stderr
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_lora_tagger_loads_with_its_own_head(tiny_bert, conll, tmp_path):
+    """The base folder's config has 2 labels; the adapter's head has 5: loading must build the latter."""
+    out = tmp_path / "lora"
+    r = run("finetune", "--task", "ner", "--model", tiny_bert, "--data", conll, "--out", out, "--max-steps", 3,
+            "--lora", "--batch-size", 16, "--max-length", 16)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run("evaluate", out, "--data", conll, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = json.loads((out / "danlu.json").read_text())["metrics"]["test"]
+    assert json.loads(r.stdout)["accuracy"] == pytest.approx(saved["accuracy"])
