@@ -308,3 +308,16 @@ def test_inputs_from_flags_files_and_requests(tmp_path):
             qa.validate_request(bad)
     example = _example(LONG, "topic 140")
     assert qa.input_of(example) == {"question": example.question, "context": LONG}
+
+
+def test_finetune_on_bad_squad_is_one_line_exit_2_and_writes_nothing(tiny_bert, tmp_path, capsys):
+    from danlu.cli import main
+
+    path = _squad(tmp_path, [{"id": "q9", "question": "Capital?", "answers": [{"text": "Paris", "answer_start": 5}]}])
+    out = tmp_path / "qa"
+    assert main(["finetune", "--task", "qa", "--model", str(tiny_bert), "--data", str(path), "--out", str(out),
+                 "--max-length", "64", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: question 'q9': answer_start 5 does not point at the answer 'Paris' "
+                   "(the context has ' is t' there)"]
+    assert not out.exists() and not out.with_name("qa.run").exists()
