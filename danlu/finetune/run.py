@@ -6,6 +6,7 @@ objective, and scores; this module holds no per-task branch.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def finetune(args: FinetuneArgs) -> Path:
     from transformers import AutoTokenizer, set_seed
 
     task = get_task(args.task)
+    if not args.max_length:  # the task's own window (recorded resolved, so later stages read the real one)
+        args = dataclasses.replace(args, max_length=getattr(task, "MAX_LENGTH", 128))
     out = Path(args.out)
     run_dir = out.with_name(out.name + ".run")
     model_path = resolve_model(args.model)
@@ -82,9 +85,13 @@ def finetune(args: FinetuneArgs) -> Path:
     if args.lora:
         model.print_trainable_parameters()
     curve_metrics = getattr(task, "TRAIN_METRICS", (task.PRIMARY_METRIC, "loss"))
+    best_full: dict = {}  # all metrics of the best evaluation (the loop keeps the best by the same rule)
 
     def evaluate(m: torch.nn.Module) -> EvalResult:
         metrics = task.score(m, tokenizer, val_examples, labels, args.max_length, progress="validating", **options)
+        if not best_full or metrics[task.PRIMARY_METRIC] > best_full[task.PRIMARY_METRIC]:
+            best_full.clear()
+            best_full.update(metrics)
         return EvalResult({k: metrics[k] for k in curve_metrics if k in metrics}, metrics[task.PRIMARY_METRIC])
 
     resume_key = {k: v for k, v in stage_args.items() if k not in _NOT_RESUME_KEY}
@@ -98,8 +105,12 @@ def finetune(args: FinetuneArgs) -> Path:
         load_model(model, str(best))
     model.eval()
     test = data.splits["test"]
-    test_metrics = (task.score(model, tokenizer, test, labels, args.max_length, progress="testing", **options)
-                    if len(test) else {})
+    scored_at_best = best_full and all(best_full.get(k) == v for k, v in result.best_metrics.items())
+    if test is val_examples and scored_at_best:  # e.g. SQuAD: its test split is the dev set, scored at the best step
+        test_metrics = dict(best_full)
+    else:
+        test_metrics = (task.score(model, tokenizer, test, labels, args.max_length, progress="testing", **options)
+                        if len(test) else {})
     metrics = {
         "test": test_metrics,
         "best_validation": result.best_metrics,
