@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = from_namespace(ns._args_class, ns)
         if ns.command == "merge":
-            result = getattr(importlib.import_module(fn_module), fn_name)(args.artifact, args.out)
+            result = getattr(importlib.import_module(fn_module), fn_name)(args.artifact, args.out, args.overwrite)
         else:
             result = getattr(importlib.import_module(fn_module), fn_name)(args)
         if ns.command == "finetune":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from danlu.artifact import atomic_dir, read_manifest, resolve_model, write_manifest
+from danlu.artifact import atomic_dir, check_out, read_manifest, remove_own_dir, resolve_model, write_manifest
 from danlu.config import to_dict
 from danlu.data.classification import load_classification
 from danlu.errors import DanluError
@@ -72,6 +72,7 @@ def finetune_classifier(args: FinetuneArgs) -> Path:
 
     out = Path(args.out)
     run_dir = out.with_name(out.name + ".run")
+    check_out(out, args.overwrite)  # before the training, not after it
     model_path = resolve_model(args.model)
     data = load_classification(args.data, args.text_column, args.label_column, args.train.seed,
                                args.val_ratio, args.test_ratio)
@@ -117,7 +118,7 @@ def finetune_classifier(args: FinetuneArgs) -> Path:
         "train_examples_per_second": round(result.examples_per_second, 2),
         "precision": result.precision,
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, args.overwrite) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         shutil.copy(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
@@ -129,11 +130,11 @@ def finetune_classifier(args: FinetuneArgs) -> Path:
         from danlu.report.training import write_training_report
 
         write_training_report(tmp, manifest, result.history)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    remove_own_dir(run_dir)
     return out
 
 
-def merge_lora(artifact: str, out: str) -> Path:
+def merge_lora(artifact: str, out: str, overwrite: bool = False) -> Path:
     """Fold a LoRA artifact's adapters into the base weights: a plain, faster artifact."""
     from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer
@@ -143,7 +144,7 @@ def merge_lora(artifact: str, out: str) -> Path:
         raise DanluError(f"{path} is not a LoRA artifact (no adapter_config.json)")
     manifest = read_manifest(path)
     model = AutoPeftModelForSequenceClassification.from_pretrained(str(path)).merge_and_unload()
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out), overwrite) as tmp:
         model.save_pretrained(str(tmp))
         AutoTokenizer.from_pretrained(str(path)).save_pretrained(str(tmp))
         if (path / "metrics.jsonl").exists():
