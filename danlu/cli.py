@@ -50,6 +50,9 @@ def quiet_import_noise() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from danlu.hardware import configure_openmp
+
+    configure_openmp()  # before anything imports torch
     quiet_import_noise()
     parser = build_parser()
     ns = parser.parse_args(argv)

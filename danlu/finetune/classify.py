@@ -95,7 +95,8 @@ def finetune_classifier(args: FinetuneArgs) -> Path:
 
     stage_args = to_dict(args)
     resume_key = {k: v for k, v in stage_args.items()
-                  if k not in {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every"}}
+                  if k not in {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every",
+                              "overwrite", "threads"}}
     resume_key["data_fingerprint"] = data.fingerprint
     result = train(model, ClassificationObjective(features, label_ids, pad_id),
                    [len(f["input_ids"]) for f in features], args.train, run_dir,

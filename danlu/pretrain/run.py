@@ -19,7 +19,7 @@ from danlu.train.loop import EvalResult, train
 
 # Arguments that do not change the numbers of a run: a resumed run may differ in these.
 NOT_IN_RESUME_KEY = {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every",
-                     "eval_sequences", "nproc"}
+                     "eval_sequences", "nproc", "overwrite", "threads"}
 
 
 def build_objective(objective: str, data: Prepared, split: str, seq_len: int, mask_prob: float, seed: int):

@@ -307,8 +307,9 @@ def serve(args: ServeArgs) -> None:
     Should the worker thread die, /health answers 503 and the process exits 1."""
     import uvicorn
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from danlu.hardware import set_threads
+
+    set_threads(args.threads)
     key = api_key(args)
     state = build_state(args)
     app = build_app(state, args)

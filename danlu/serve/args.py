@@ -35,7 +35,8 @@ class ServeArgs:
                 "Linear and the output head, run by danlu's AVX2 kernel: SmolLM2-135M decodes 1.5-2x faster "
                 "here, perplexity within 0.3 percent of float32; none = weights as --dtype")
     device: str = arg("auto", "cpu, cuda, cuda:N; auto = cuda when present")
-    threads: int = arg(0, "CPU threads for torch; 0 means torch's default")
+    threads: int = arg(0, "CPU threads for torch; 0 = one per CPU that other processes leave free (affinity "
+                          "mask, cgroup quota and current load decide)")
 
     def __post_init__(self) -> None:
         check(1 <= self.port <= 65535, "--port", f"must be in [1, 65535], got {self.port}")

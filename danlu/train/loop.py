@@ -107,7 +107,10 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
     from accelerate import Accelerator
 
     if accelerator is None:
-        from danlu.hardware import use_bf16
+        from danlu.hardware import set_threads, use_bf16
+
+        if not torch.cuda.is_available():
+            set_threads(args.threads)
 
         _forget_single_process_state()
         # cpu=True where there is no GPU: under torchrun/accelerate launch on CPU, accelerate otherwise
