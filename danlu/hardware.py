@@ -106,11 +106,23 @@ def available_cpus() -> int:
 
 
 def idle_share(window_s: float = 0.25) -> float:
-    """The share of the machine's CPU time that was idle over the last `window_s` (/proc/stat); 1 where unknown."""
+    """The share of time the CPUs this process may use were idle over the last `window_s` (per-CPU lines
+    of /proc/stat); 1 where unknown."""
+    try:
+        mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except AttributeError:
+        return 1.0
+
     def sample() -> tuple[int, int]:
+        total = idle = 0
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # total, idle + iowait
+            for line in f:
+                name, *values = line.split()
+                if name in mine:
+                    fields = [int(x) for x in values]
+                    total += sum(fields[:8])  # guest time is already counted in user time
+                    idle += fields[3] + fields[4]  # idle + iowait
+        return total, idle
 
     try:
         total0, idle0 = sample()
