@@ -51,7 +51,8 @@ def check_out(target: str | Path, overwrite: bool, flag: str = "--out") -> None:
     if not target.exists() and not target.is_symlink():
         return
     if not target.is_dir() or target.is_symlink():
-        raise DanluError(f"{flag} {target} exists and is not a folder; danlu will not replace it: choose another {flag}")
+        raise DanluError(f"{flag} {target} exists and is not a folder; danlu will not replace it: "
+                         f"choose another {flag}")
     if _is_empty_dir(target):
         return
     if not made_by_danlu(target):

@@ -135,7 +135,8 @@ def idle_share(window_s: float = 0.25) -> float:
 
 def choose_threads(requested: int = 0) -> int:
     """`requested` when given, else $OMP_NUM_THREADS, else one thread per available CPU that other
-    processes leave free (at least one): on a busy machine fewer threads run faster than a thread per core waiting for a busy one."""
+    processes leave free (at least one): on a busy machine fewer threads run faster than a thread per
+    core waiting for a busy one."""
     if requested > 0:
         return requested
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:

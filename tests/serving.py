@@ -39,7 +39,8 @@ def running_server(model, *flags, log_dir: Path, timeout: float = 120.0, command
     log = Path(log_dir) / f"serve-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     with open(log, "w") as out:
-        process = subprocess.Popen([*(command or [sys.executable, "-m", "danlu"]), "serve", str(model), "--port", str(port),
+        danlu = command or [sys.executable, "-m", "danlu"]
+        process = subprocess.Popen([*danlu, "serve", str(model), "--port", str(port),
                                     *map(str, flags)], stdout=out, stderr=subprocess.STDOUT, env=env)
     server = Server(process, port, log)
     deadline = time.monotonic() + timeout

@@ -91,7 +91,7 @@ class ExportArgs:
                              "(default: the artifact's own fine-tuning data where it is recorded)")
     parity_samples: int = arg(256, "test texts compared with PyTorch (0 = all)")
     opset: int = arg(17, "ONNX opset version")
-    overwrite: bool = arg(False, "replace OUT when it already holds a danlu artifact (a folder danlu did not make is never replaced)")
+    overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")
 
     def __post_init__(self) -> None:
         check(self.optimize in (0, 1, 2, 99), "--optimize", f"must be one of 0, 1, 2, 99, got {self.optimize}")

@@ -43,7 +43,7 @@ class PrepareArgs:
                             "is refused")
     text_field: str = arg("text", "field (JSONL) or column (Parquet) holding the text")
     shard_tokens: int = arg(100_000_000, "start a new shard file after this many tokens")
-    overwrite: bool = arg(False, "replace OUT when it already holds a danlu artifact (a folder danlu did not make is never replaced)")
+    overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")
 
     def __post_init__(self) -> None:
         check(bool(self.corpus), "CORPUS", "give at least one corpus")
