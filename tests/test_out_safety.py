@@ -108,7 +108,7 @@ def test_finetune_refuses_a_users_out_and_run_folder_and_overwrites_only_when_as
     assert (out / "danlu.json").stat().st_mtime_ns != first
 
 
-def test_merge_and_export_refuse_a_users_folder(classifier, tmp_path, capsys):
+def test_export_refuses_a_users_folder_and_needs_overwrite_for_an_artifact(classifier, tmp_path, capsys):
     mine = users_folder(tmp_path / "mine")
     assert "did not make" in refused(["export", str(classifier), "--out", str(mine)], capsys)
     assert (mine / "thesis.tex").exists()

@@ -82,13 +82,17 @@ def test_lone_surrogates_are_400_and_counted(server):
 
 def test_tokenizing_the_largest_request_does_not_block_the_event_loop(server):
     """Finding 4: a 160,000-prompt list was tokenized on the event loop; /health took 15.7 s."""
-    prompt = ["word " * 40] * 8  # the most prompts this server takes at once (4 slots + 4 queued)
+    prompt = ["word " * 24_000] * 8  # 960 KB (the body limit is 1 MB) in the most prompts it takes (4 + 4)
     done = threading.Event()
     answers = {}
+    quiet = []
+    for _ in range(5):
+        started = time.perf_counter()
+        httpx.get(server.url + "/health", timeout=30)
+        quiet.append(time.perf_counter() - started)
 
     def big():
-        answers["r"] = post(server, "/v1/completions", {"model": "tiny", "prompt": prompt, "max_tokens": 64,
-                                                        "ignore_eos": True})
+        answers["r"] = post(server, "/v1/completions", {"model": "tiny", "prompt": prompt, "max_tokens": 4})
         done.set()
 
     threading.Thread(target=big).start()
@@ -98,10 +102,13 @@ def test_tokenizing_the_largest_request_does_not_block_the_event_loop(server):
         assert httpx.get(server.url + "/health", timeout=30).status_code == 200
         latencies.append(time.perf_counter() - started)
         time.sleep(0.01)
-    assert answers["r"].status_code == 200 and len(answers["r"].json()["choices"]) == 8
+    assert openai_error(answers["r"], 400)["code"] == "context_length_exceeded"  # after 192,000 tokens
     assert len(latencies) >= 3, latencies
-    # /health answered all along (the figure, < 100 ms on an idle machine, lives in the report, not here)
+    # /health answered all along (the figure lives in the report, not here: no timing asserts in tests)
     assert max(latencies) < 5, latencies
+    print(f"/health during the largest request: {len(latencies)} answers, max {max(latencies) * 1000:.0f} ms, "
+          f"median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms; with nothing to do: max "
+          f"{max(quiet) * 1000:.0f} ms")
 
 
 def test_a_request_that_can_never_fit_is_400_not_429(server):
