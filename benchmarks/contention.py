@@ -99,17 +99,23 @@ async def drive(url: str, clients: int, seconds: float, max_tokens: int) -> tupl
     import httpx
 
     body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Tell me about the sea."}],
-            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
     totals = {"tokens": 0, "errors": 0}
     deadline = time.perf_counter() + seconds
 
     async def client(http):
+        # streamed chunks (one token each) received inside the window: a slow server's unfinished
+        # requests count too
         while time.perf_counter() < deadline:
-            r = await http.post(url + "/v1/chat/completions", json=body, timeout=600)
-            if r.status_code == 200 and time.perf_counter() <= deadline:
-                totals["tokens"] += r.json()["usage"]["completion_tokens"]
-            elif r.status_code != 200:
-                totals["errors"] += 1
+            async with http.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+                if r.status_code != 200:
+                    totals["errors"] += 1
+                    continue
+                async for line in r.aiter_lines():
+                    if time.perf_counter() > deadline:
+                        return
+                    if line.startswith("data: {") and '"content"' in line:
+                        totals["tokens"] += 1
 
     async with httpx.AsyncClient() as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
@@ -164,13 +170,17 @@ def condition(name: str):
         hog.wait()
 
 
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None  # None: the denominator did nothing in its window
+
+
 def ratios(runs: dict, systems: list[str], key: str) -> dict:
     med = {c: {s: statistics.median(r[key] for r in runs[c][s]) for s in systems} for c in runs}
     out = {"median": {c: {s: round(v, 3) for s, v in med[c].items()} for c in med},
-           "hog_over_idle": {s: round(med["hog"][s] / med["idle"][s], 3) for s in systems}}
+           "hog_over_idle": {s: ratio(med["hog"][s], med["idle"][s]) for s in systems}}
     if "hf" in systems:
-        out["danlu_over_hf_under_hog"] = round(med["hog"]["danlu"] / med["hog"]["hf"], 3)
-        out["danlu_over_hf_idle"] = round(med["idle"]["danlu"] / med["idle"]["hf"], 3)
+        out["danlu_over_hf_under_hog"] = ratio(med["hog"]["danlu"], med["hog"]["hf"])
+        out["danlu_over_hf_idle"] = ratio(med["idle"]["danlu"], med["idle"]["hf"])
     return out
 
 
