@@ -22,7 +22,7 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(VENV)/bin/danlu run
+	$(VENV)/bin/danlu run --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

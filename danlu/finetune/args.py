@@ -32,6 +32,7 @@ class FinetuneArgs:
     lora_alpha: int = arg(16, "LoRA scaling alpha")
     lora_dropout: float = arg(0.05, "dropout on the LoRA path")
     resume: bool = arg(False, "continue a killed run from its last checkpoint in OUT.run/")
+    overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")
     train: TrainArgs = arg(default_factory=TrainArgs)
 
     def __post_init__(self) -> None:
@@ -51,3 +52,4 @@ class MergeArgs:
 
     artifact: str = arg(help="a LoRA artifact made by `danlu finetune --lora`", positional=True)
     out: str = arg(help="folder for the merged artifact")
+    overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from danlu.artifact import Manifest, atomic_dir, write_manifest
+from danlu.artifact import Manifest, atomic_dir, check_out, remove_own_dir, write_manifest
 from danlu.assets import resolve_model
 from danlu.config import to_dict
 from danlu.errors import DanluError
@@ -22,7 +22,8 @@ from danlu.tasks.base import DataSpec
 from danlu.train.loop import EvalResult, train
 
 # Arguments that do not change what is trained (a resumed run may differ in them).
-_NOT_RESUME_KEY = {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every", "overwrite"}
+_NOT_RESUME_KEY = {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every", "overwrite",
+                   "threads"}
 
 
 def data_spec(args: FinetuneArgs) -> DataSpec:
@@ -72,6 +73,7 @@ def finetune(args: FinetuneArgs) -> Path:
         args = dataclasses.replace(args, max_length=getattr(task, "MAX_LENGTH", 128))
     out = Path(args.out)
     run_dir = out.with_name(out.name + ".run")
+    check_out(out, args.overwrite)  # before the training, not after it
     model_path = resolve_model(args.model)
     data = task.load_data(data_spec(args))
     labels = data.labels
@@ -119,7 +121,7 @@ def finetune(args: FinetuneArgs) -> Path:
         "train_examples_per_second": round(result.examples_per_second, 2),
         "precision": result.precision,
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, args.overwrite) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         shutil.copy(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
@@ -131,11 +133,11 @@ def finetune(args: FinetuneArgs) -> Path:
         from danlu.report.training import write_training_report
 
         write_training_report(tmp, manifest, result.history)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    remove_own_dir(run_dir)
     return out
 
 
-def merge_lora(artifact: str, out: str) -> Path:
+def merge_lora(artifact: str, out: str, overwrite: bool = False) -> Path:
     """Fold a LoRA artifact's adapters into the base weights: a plain, faster artifact (any task)."""
     from transformers import AutoTokenizer
 
@@ -146,7 +148,7 @@ def merge_lora(artifact: str, out: str) -> Path:
         raise DanluError(f"{path} is not a LoRA artifact (no adapter_config.json)")
     manifest = Manifest.read(path)
     model = load_model(path)  # merged on load
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out), overwrite) as tmp:
         model.save_pretrained(str(tmp))
         AutoTokenizer.from_pretrained(str(path)).save_pretrained(str(tmp))
         if (path / "metrics.jsonl").exists():
