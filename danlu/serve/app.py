@@ -23,8 +23,8 @@ from danlu.serve.engine import DecoderEngine
 from danlu.serve.errors import ApiError, add_error_handlers, error_response, openapi_schema
 from danlu.serve.generation import Generator, sampling_params
 from danlu.serve.metrics import Metrics
-from danlu.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse,
-                                 TaskRequest
+from danlu.serve.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse,
+                                 TaskRequest)
 
 log = logging.getLogger("danlu.serve")
 
