@@ -94,6 +94,9 @@ def evaluate(args: EvaluateArgs) -> dict:
                         progress="" if args.json else f"evaluating {args.split}")}
     output = Path(args.output or clf.path / f"eval-{args.split}.json")
     atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
+    from danlu.report.evaluation import write_evaluation_report
+
+    page = write_evaluation_report(output, manifest, metrics)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -105,7 +108,7 @@ def evaluate(args: EvaluateArgs) -> dict:
         print("confusion matrix (rows: true, columns: predicted):", clf.labels)
         for label, row in zip(clf.labels, metrics["confusion_matrix"]["matrix"]):
             print(f"  {label:<12}", row)
-        print(f"wrote {output}")
+        print(f"wrote {output} and {page}")
     return metrics
 
 

@@ -127,8 +127,10 @@ def finetune_classifier(args: FinetuneArgs) -> Path:
             data={"source": data.source, "split": data.split_info}, lora=args.lora,
             base_model=read_manifest(model_path).get("base_model", str(model_path)))
         from danlu.report.training import write_training_report
+        from danlu.train.tracking import finish_tracking
 
         write_training_report(tmp, manifest, result.history)
+        finish_tracking(run_dir, tmp, manifest)
     shutil.rmtree(run_dir, ignore_errors=True)
     return out
 
