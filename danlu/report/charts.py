@@ -52,5 +52,6 @@ def training_curve(history: list[dict], metric: str | None = None, metric_label:
         right = ax.twinx()
         right.plot(steps, values, "s-", label=f"validation {metric_label or metric}", color="tab:orange")
         right.set_ylabel(metric_label or metric)
-    fig.legend(loc="outside lower center", ncols=4, frameon=False)
+    if any(a.get_legend_handles_labels()[0] for a in fig.axes):
+        fig.legend(loc="outside lower center", ncols=4, frameon=False)
     return png_bytes(fig)

@@ -116,7 +116,7 @@ def format_value(value) -> str:
             return "nan"
         if value and abs(value) < 1e-3:
             return f"{value:.3g}"
-        return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+        return f"{value:,.4f}" if abs(value) < 100 else f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.1f}"
     return str(value)
 
 

@@ -17,6 +17,7 @@ import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -218,6 +219,8 @@ def log_metrics(client, run_id: str, values: dict[str, float], step: int) -> Non
 
 
 def quiet_tracker_logs() -> None:
-    """MLflow announces its database migrations at INFO on the first use of a store: not the user's news."""
+    """MLflow announces its database migrations at INFO on the first use of a store, and its SQL store
+    warns about an SQLAlchemy 2.1 deprecation it uses on purpose: not the user's news."""
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated")
