@@ -116,7 +116,7 @@ def test_compress_report_in_the_browser(compressed, tracked_classifier, tiny_ber
         assert visit.texts("tr.chosen th") == [f"{chosen} (chosen)"]
         by_name = {r["variant"]: r for r in results["rows"]}
         int8 = visit.texts("section:has(h2:text('Variants')) tbody tr")[2].split("\t")
-        assert int8[2] == f"{by_name['int8-dynamic']['accuracy']:.4f}"
+        assert int8[2] == f"{by_name['int8-dynamic']['quality']:.4f}"
         assert int8[-3] == f"{by_name['int8-dynamic']['size_mb']:.2f}"
     markdown = (compressed / "report.md").read_text()
     assert "| variant | status | accuracy | drop (pts) |" in markdown and f"**{chosen}** (chosen)" in markdown

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from danlu.report.page import Figure, Metric, Page, Section, Table, write_page
-from danlu.report.sections import arguments, lineage
+from danlu.report.sections import arguments, lineage, metric_name
 
 COLUMNS = [  # header, row key, format
     ("variant", "variant", "{}"),
     ("status", "status", "{}"),
-    ("accuracy", "accuracy", "{:.4f}"),
+    ("accuracy", "quality", "{:.4f}"),  # the header names the task's primary metric (see _columns)
     ("drop (pts)", "accuracy_drop", "{:+.2f}"),
     ("latency b1 (ms)", "latency_ms", "{:.2f}"),
     ("speedup b1", "latency_speedup", "{:.2f}x"),
@@ -42,7 +42,10 @@ def _cells(row: dict, columns) -> list[str]:
 
 
 def _columns(results: dict):
-    return DECODER_COLUMNS if results.get("kind") == "decoder" else COLUMNS
+    if results.get("kind") == "decoder":
+        return DECODER_COLUMNS
+    metric = results.get("quality_metric", "accuracy")
+    return [(metric if key == "quality" else header, key, fmt) for header, key, fmt in COLUMNS]
 
 
 def format_table(results: dict) -> str:
@@ -63,7 +66,7 @@ def plot_pareto(results: dict) -> bytes | None:
     from danlu.report import charts
 
     decoder = results.get("kind") == "decoder"
-    x_key, y_key = ("tokens_per_second_b1", "perplexity") if decoder else ("latency_ms", "accuracy")
+    x_key, y_key = ("tokens_per_second_b1", "perplexity") if decoder else ("latency_ms", "quality")
     rows = [r for r in results["rows"] if r["status"] == "ok" and r.get(x_key) is not None]
     if not rows:
         return None
@@ -83,10 +86,10 @@ def plot_pareto(results: dict) -> bytes | None:
     front = pareto_front(rows, x_key, y_key, x_lower_better=not decoder, y_higher_better=not decoder)
     ax.plot([r[x_key] for r in front], [r[y_key] for r in front], "--", color="tab:orange", label="Pareto front")
     if not decoder and rows[0]["variant"] == "original":
-        ax.axhline(rows[0]["accuracy"] - results["max_accuracy_drop"] / 100, color="tab:gray", linestyle=":",
+        ax.axhline(rows[0]["quality"] - results["max_accuracy_drop"] / 100, color="tab:gray", linestyle=":",
                    label=f"budget: -{results['max_accuracy_drop']} points")
     ax.set_xlabel("new tokens/s at batch 1" if decoder else "latency at batch 1 (ms)")
-    ax.set_ylabel("perplexity (lower is better)" if decoder else "test accuracy")
+    ax.set_ylabel("perplexity (lower is better)" if decoder else f"test {results.get('quality_metric', 'accuracy')}")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=5, frameon=False, fontsize=8)
     return charts.png_bytes(fig)
@@ -125,7 +128,7 @@ def compress_page(out: Path, results: dict) -> Page:
         figures = [Metric("chosen variant", chosen)] + [
             Metric(header, cell) for (header, _, _), cell in zip(columns[2:], cells[2:]) if cell]
     budget = (f"perplexity increase <= {results['max_accuracy_drop']}%" if decoder
-              else f"accuracy drop <= {results['max_accuracy_drop']} points")
+              else f"{results.get('quality_metric', 'accuracy')} drop <= {results['max_accuracy_drop']} points")
     facts = [("measured on", f"`{results['eval_data']}`" + ("" if decoder else
                                                             f" test split, {results['test_examples']} texts")),
              ("threads", str(rows[0].get("threads", "?"))),
@@ -134,7 +137,8 @@ def compress_page(out: Path, results: dict) -> Page:
     sections = []
     png = plot_pareto(results)
     if png:
-        title = "Perplexity vs speed" if decoder else "Accuracy vs latency"
+        title = "Perplexity vs speed" if decoder else f"{metric_name(results.get('quality_metric', 'accuracy'))} vs latency"
+        title = title[0].upper() + title[1:]
         sections.append(Section(title, figure=Figure("pareto.png", png, title.lower() + " of every variant")))
     table = Table([h for h, _, _ in columns], [_cells(r, columns) for r in rows], chosen_index, "(chosen)")
     sections.append(Section("Variants", table=table))
