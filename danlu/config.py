@@ -82,6 +82,8 @@ class TrainArgs:
             check(getattr(self, name) >= 0, "--" + name.replace("_", "-"), "must be >= 0")
         check(self.keep_checkpoints >= 1, "--keep-checkpoints", "must be >= 1")
         check(self.log_every >= 1, "--log-every", "must be >= 1")
+        if isinstance(self.report_to, str):  # `report_to: tensorboard` in a recipe
+            self.report_to = [self.report_to]
         for tracker in self.report_to:
             check(tracker in TRACKER_PACKAGES, "--report-to",
                   f"must be one of {', '.join(TRACKER_PACKAGES)}, got {tracker!r}")

@@ -45,7 +45,7 @@ def pretrained(prepared, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report-pretrain") / "bert"
     assert main(["pretrain", "--data", str(prepared), "--out", str(out), "--objective", "mlm+nsp", "--max-steps", "6",
                  "--lr", "2e-3", "--seq-len", "32", "--batch-size", "8", "--log-every", "1", "--eval-every", "3",
-                 "--eval-sequences", "16"]) == 0
+                 "--eval-sequences", "16", "--report-to", "tensorboard"]) == 0
     return out
 
 
@@ -101,6 +101,17 @@ def test_pretrain_report_in_the_browser(pretrained, tmp_path):
         assert figures["unigram baseline"] == f"{metrics['unigram_entropy']:.4f}"
         assert visit.texts("section:has(h2:text('Validation during training')) tbody th") == ["3", "6"]
     assert "unigram baseline" in (pretrained / "report.md").read_text()
+
+
+def test_pretrain_reports_to_tensorboard(pretrained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(pretrained / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("eval/nsp_accuracy")] == [3, 6]
+    validation = manifest_of(pretrained)["metrics"]["validation"]
+    assert events.Scalars("validation/loss")[0].value == pytest.approx(validation["loss"])  # the final metrics
 
 
 def test_compress_report_in_the_browser(compressed, tracked_classifier, tiny_bert, tmp_path):

@@ -74,3 +74,9 @@ def test_unknown_tracker_is_refused(tiny_bert, sentiment_csv, tmp_path, capsys):
     assert main(["finetune", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--out", str(tmp_path / "o"),
                  "--report-to", "wandb"]) == 2
     assert "--report-to must be one of tensorboard, mlflow, got 'wandb'" in capsys.readouterr().err
+
+
+def test_a_recipe_may_name_one_tracker_as_a_string():
+    from danlu.config import TrainArgs
+
+    assert TrainArgs(report_to="tensorboard").report_to == ["tensorboard"]
