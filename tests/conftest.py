@@ -80,6 +80,6 @@ def tracked_classifier(tiny_bert, sentiment_csv, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tracked") / "clf"
     assert main(["finetune", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--out", str(out),
-                 "--epochs", "2", "--lr", "3e-3", "--batch-size", "16", "--eval-every", "4", "--log-every", "2",
+                 "--epochs", "4", "--lr", "3e-3", "--batch-size", "16", "--eval-every", "6", "--log-every", "2",
                  "--report-to", "tensorboard", "mlflow"]) == 0
     return out

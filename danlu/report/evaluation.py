@@ -20,7 +20,7 @@ def evaluation_page(folder: Path, result: dict) -> Page:
     note = f"{result.get('split', '?')}, {format_value(scores.get('examples'))} examples"
     facts = [("artifact", f"`{artifact}`"), ("data", f"`{result.get('data')}`, split {result.get('split')}"),
              ("task", str(result.get("task", "?"))), ("evaluated", time.strftime("%Y-%m-%dT%H:%M:%S%z"))]
-    return Page(f"danlu evaluate: {artifact.name} on {result.get('data')} ({result.get('split')})",
+    return Page(f"danlu evaluate: {artifact.name} on {Path(str(result.get('data'))).name} ({result.get('split')})",
                 f"primary metric: {metric_name(primary)}", headline=headline(scores, primary, note), facts=facts,
                 sections=score_sections(scores), lineage=lineage(folder, str(artifact)),
                 arguments=arguments({k: result[k] for k in RUN_KEYS if k in result}))
