@@ -80,3 +80,31 @@ def test_a_recipe_may_name_one_tracker_as_a_string():
     from danlu.config import TrainArgs
 
     assert TrainArgs(report_to="tensorboard").report_to == ["tensorboard"]
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run_and_tensorboard_curve(tmp_path):
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from danlu.train.tracking import default_mlflow_uri, start_tracking
+
+    run_dir = tmp_path / "clf.run"
+    run_dir.mkdir()
+    first = start_tracking(["tensorboard", "mlflow"], run_dir, "", {"lr": 0.1}, resumed_at=None)
+    for step in (1, 2, 3):  # the run is killed after step 3; its last checkpoint was at step 2
+        first.log(step, {"loss": 1.0 / step, "step": step})
+    first.close("KILLED")
+    again = start_tracking(["tensorboard", "mlflow"], run_dir, "", {"lr": 0.1, "log_every": 5}, resumed_at=2)
+    for step in (3, 4):
+        again.log(step, {"loss": 10.0 / step, "eval_accuracy": 0.5})
+    again.close("FINISHED")
+
+    client = MlflowClient(tracking_uri=default_mlflow_uri(run_dir))
+    (run,) = client.search_runs([client.get_experiment_by_name("danlu").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1", "log_every": "5"}
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert [s for s, _ in history] == [1, 2, 3, 3, 4]  # MLflow keeps every value it was given
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    # TensorBoard drops the killed run's steps after the checkpoint (purge_step): one curve
+    assert [(e.step, round(e.value, 3)) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 0.5), (3, 3.333), (4, 2.5)]
