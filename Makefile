@@ -6,25 +6,36 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.danlu-installed
 ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 squad
+# pip extras of danlu to install (pyproject.toml): `make setup EXTRAS=dev` leaves out the trackers of --report-to
+EXTRAS ?= dev,tracking
 
-.PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve clean
+.PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve clean chromium FORCE
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml constraints.txt
+# The extras of the last install: rewritten, so that the install is redone, only when EXTRAS changes.
+$(VENV)/.danlu-extras: FORCE | $(PY)
+	@echo '$(EXTRAS)' | cmp -s - $@ || echo '$(EXTRAS)' > $@
+
+$(STAMP): $(PY) pyproject.toml constraints.txt $(VENV)/.danlu-extras
 	# torch first, pinned: an unpinned torch would pull a multi-gigabyte CUDA build.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
 	$(VENV)/bin/danlu assets install $(ASSETS)
 	touch $(STAMP)
+
+# Debian's headless Chromium, which the report tests drive (tests/browser.py); nothing to do when present.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| echo "warning: could not install chromium (apt-get as root); the browser tests will be skipped"
 
 quickstart: $(STAMP)
 	$(VENV)/bin/danlu run --overwrite
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -22,6 +22,7 @@ COMMANDS = {
     "compress": ("danlu.compress.args", "CompressArgs", "danlu.compress.search", "compress"),
     "export": ("danlu.compress.args", "ExportArgs", "danlu.export.onnx", "export_command"),
     "serve": ("danlu.serve.args", "ServeArgs", "danlu.serve.app", "serve"),
+    "runs": ("danlu.report.runs", "RunsArgs", "danlu.report.runs", "list_runs"),
 }
 
 

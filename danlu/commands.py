@@ -89,11 +89,14 @@ def evaluate(args: EvaluateArgs) -> dict:
                "primary_metric": task.PRIMARY_METRIC, **scores}
     output = Path(args.output or loaded.path / f"eval-{args.split}.json")
     atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
+    from danlu.report.evaluation import write_evaluation_report
+
+    page = write_evaluation_report(output, metrics)
     if args.json:
         print(json.dumps(metrics))
     else:
         print(task.format_metrics(metrics))
-        print(f"wrote {output}")
+        print(f"wrote {output} and {page}")
     return metrics
 
 

@@ -62,6 +62,12 @@ class TrainArgs:
     log_every: int = arg(10, "log the training loss every N steps")
     threads: int = arg(0, "CPU threads for torch; 0 = one per CPU that other processes leave free (affinity "
                           "mask, cgroup quota and current load decide)")
+    report_to: list[str] = arg(default_factory=list, nargs="*",
+                               help="also log the run to these trackers: tensorboard (event files in "
+                                    "OUT/tensorboard), mlflow (see --mlflow-uri); needs "
+                                    "`pip install 'danlu[tracking]'`")
+    mlflow_uri: str = arg("", "MLflow tracking server or store for --report-to mlflow (e.g. http://host:5000); "
+                              "default: a SQLite database mlflow.db beside OUT")
 
     def __post_init__(self) -> None:
         check(self.epochs > 0 or self.max_steps > 0, "--epochs", f"must be > 0, got {self.epochs}")
@@ -79,6 +85,30 @@ class TrainArgs:
         check(self.keep_checkpoints >= 1, "--keep-checkpoints", "must be >= 1")
         check(self.log_every >= 1, "--log-every", "must be >= 1")
         check(self.threads >= 0, "--threads", f"must be >= 0, got {self.threads}")
+        if isinstance(self.report_to, str):  # `report_to: tensorboard` in a recipe
+            self.report_to = [self.report_to]
+        for tracker in self.report_to:
+            check(tracker in TRACKER_PACKAGES, "--report-to",
+                  f"must be one of {', '.join(TRACKER_PACKAGES)}, got {tracker!r}")
+            local_store = not self.mlflow_uri or self.mlflow_uri.startswith("sqlite:")
+            needed = TRACKER_PACKAGES[tracker] + (("sqlalchemy", "alembic") if tracker == "mlflow" and local_store
+                                                  else ())
+            missing = [name for name in needed if not _importable(name)]
+            check(not missing, "--report-to", f"{tracker} needs the Python package {', '.join(missing)}, which "
+                  f"is not installed: pip install 'danlu[tracking]' (or `make setup EXTRAS=dev,tracking`)")
+
+
+# --report-to name -> the modules it needs (optional: the `tracking` extra of pyproject.toml)
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow",)}
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 # ---- dataclass <-> argparse / dict ---------------------------------------------------------------

@@ -71,3 +71,15 @@ def prepared(tmp_path_factory) -> Path:
     prepare(PrepareArgs(corpus=[str(Path(__file__).parent / "assets" / "en_sample.txt")], out=str(out),
                         vocab_size=600, seq_len=32, val_ratio=0.2))
     return out
+
+
+@pytest.fixture(scope="session")
+def tracked_classifier(tiny_bert, sentiment_csv, tmp_path_factory) -> Path:
+    """A tiny fine-tuned classifier whose run also went to TensorBoard and MLflow (default SQLite store)."""
+    from danlu.cli import main
+
+    out = tmp_path_factory.mktemp("tracked") / "clf"
+    assert main(["finetune", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--out", str(out),
+                 "--epochs", "4", "--lr", "3e-3", "--batch-size", "16", "--eval-every", "6", "--log-every", "2",
+                 "--report-to", "tensorboard", "mlflow"]) == 0
+    return out

@@ -52,7 +52,8 @@ def test_artifact_is_a_token_classifier(tagger):
     assert manifest["data"]["split"]["sizes"] == {"train": 96, "validation": 12, "test": 12}
     assert manifest["metrics"]["test"]["f1"] >= 0.9  # the sentence frame gives the entities away
     assert json.loads((tagger / "config.json").read_text())["architectures"] == ["BertForTokenClassification"]
-    assert "f1 **" in (tagger / "report.md").read_text()
+    report = (tagger / "report.md").read_text()
+    assert "- F1 **" in report and "## Per entity type" in report
     curve = [json.loads(line) for line in (tagger / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_f1" in e for e in curve)
 
@@ -169,3 +170,15 @@ def test_compress_token_classifier_measures_entity_f1(tagger, conll, tmp_path):
     assert "| variant | status | f1 | drop (pts) |" in (out / "report.md").read_text()
     evaluated = json.loads(run("evaluate", out / "variants" / "int8-dynamic", "--data", conll, "--json").stdout)
     assert evaluated["f1"] == pytest.approx(rows["int8-dynamic"]["f1"])
+
+
+def test_report_in_the_browser(tagger, tmp_path):
+    """The NER report leads with entity F1 and has the per-entity-type table, as text in the page."""
+    from browser import open_page
+
+    test = json.loads((tagger / "danlu.json").read_text())["metrics"]["test"]
+    with open_page(tagger / "report.html", tmp_path / "ner-report.png") as visit:
+        assert visit.problems() == []
+        assert visit.texts(".headline .name")[0] == "F1" and visit.texts(".headline .value")[0] == f"{test['f1']:.4f}"
+        types = visit.texts("section:has(h2:text('Per entity type')) tbody tr")
+        assert sorted(t.split("\t")[0] for t in types) == ["LOC", "PER"]

@@ -1,10 +1,12 @@
-"""report.md / report.html of `danlu compress`: the table of variants and an accuracy-vs-latency picture."""
+"""report.html / report.md of `danlu compress`: the chosen variant, an accuracy-vs-latency picture and the
+table of variants (rendered by the templates of danlu/report), and the table for the terminal."""
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
+
+from danlu.report.page import Figure, Metric, Page, Section, Table, write_page
+from danlu.report.sections import arguments, lineage, metric_name
 
 COLUMNS = [  # header, row key, format
     ("variant", "variant", "{}"),
@@ -58,51 +60,39 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(results: dict) -> str:
-    columns = _columns(results)
-    chosen = (results.get("chosen") or {}).get("variant")
-    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for row in results["rows"]:
-        cells = _cells(row, columns)
-        if row["variant"] == chosen:
-            cells[0] = f"**{cells[0]}** (chosen)"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_pareto(results: dict, path: Path) -> bool:
-    """Accuracy against batch-1 latency, the Pareto front joined; False when there is nothing to draw."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_pareto(results: dict) -> bytes | None:
+    """Accuracy against batch-1 latency (perplexity against tokens/s for decoders), the Pareto front
+    joined, the legend below the axes; None when there is nothing to draw."""
+    from danlu.report import charts
 
     decoder = results.get("kind") == "decoder"
     x_key, y_key = ("tokens_per_second_b1", "perplexity") if decoder else ("latency_ms", "quality")
     rows = [r for r in results["rows"] if r["status"] == "ok" and r.get(x_key) is not None]
     if not rows:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+        return None
+    plt = charts.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100, layout="constrained")
     chosen = (results.get("chosen") or {}).get("variant")
+    groups = {"chosen": ("tab:red", []), "within the budget": ("tab:blue", []), "over the budget": ("tab:gray", [])}
     for r in rows:
-        colour = "tab:red" if r["variant"] == chosen else ("tab:blue" if r.get("within_budget", True) else "tab:gray")
-        ax.scatter(r[x_key], r[y_key], color=colour, zorder=3)
+        group = "chosen" if r["variant"] == chosen else (
+            "within the budget" if r.get("within_budget", True) else "over the budget")
+        groups[group][1].append(r)
+    for label, (colour, members) in groups.items():
+        if members:
+            ax.scatter([r[x_key] for r in members], [r[y_key] for r in members], color=colour, zorder=3, label=label)
+    for r in rows:
         ax.annotate(r["variant"], (r[x_key], r[y_key]), fontsize=8, xytext=(4, 4), textcoords="offset points")
     front = pareto_front(rows, x_key, y_key, x_lower_better=not decoder, y_higher_better=not decoder)
     ax.plot([r[x_key] for r in front], [r[y_key] for r in front], "--", color="tab:orange", label="Pareto front")
-    if not decoder:
-        base = rows[0]["quality"] if rows[0]["variant"] == "original" else None
-        if base is not None:
-            ax.axhline(base - results["max_accuracy_drop"] / 100, color="tab:gray", linestyle=":",
-                       label=f"budget: -{results['max_accuracy_drop']} points")
+    if not decoder and rows[0]["variant"] == "original":
+        ax.axhline(rows[0]["quality"] - results["max_accuracy_drop"] / 100, color="tab:gray", linestyle=":",
+                   label=f"budget: -{results['max_accuracy_drop']} points")
     ax.set_xlabel("new tokens/s at batch 1" if decoder else "latency at batch 1 (ms)")
     ax.set_ylabel("perplexity (lower is better)" if decoder else f"test {results.get('quality_metric', 'accuracy')}")
-    ax.set_title("variants (red: chosen, grey: over the accuracy budget)")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=5, frameon=False, fontsize=8)
+    return charts.png_bytes(fig)
 
 
 def pareto_front(rows: list[dict], x_key: str, y_key: str, x_lower_better: bool = True,
@@ -118,34 +108,51 @@ def pareto_front(rows: list[dict], x_key: str, y_key: str, x_lower_better: bool 
     return sorted(front, key=lambda r: r[x_key])
 
 
-def write_report(out: Path, results: dict) -> None:
-    """Write report.md, report.html and pareto.png into `out`."""
-    has_plot = plot_pareto(results, out / "pareto.png")
+HOW_TO_READ = ("Latency is the mean time of one text at batch 1, throughput the sequences per second in batches "
+               "of 32 (medians over repeats, same threads). Size is the bytes of the weight files written. Peak "
+               "memory is the measuring process's high-water mark (Python, torch and onnxruntime included). "
+               "`prune-magnitude` zeroes weights but dense kernels still multiply the zeros: expect no speedup "
+               "and no smaller file from it.")
+
+
+def compress_page(out: Path, results: dict) -> Page:
+    """The page of a compression search: the chosen variant's figures, the Pareto picture, every variant."""
+    columns = _columns(results)
     decoder = results.get("kind") == "decoder"
+    chosen = (results.get("chosen") or {}).get("variant")
+    rows = results["rows"]
+    chosen_index = next((i for i, r in enumerate(rows) if r["variant"] == chosen), None)
+    figures = []
+    if chosen_index is not None:
+        cells = _cells(rows[chosen_index], columns)
+        figures = [Metric("chosen variant", chosen)] + [
+            Metric(header, cell) for (header, _, _), cell in zip(columns[2:], cells[2:]) if cell]
     budget = (f"perplexity increase <= {results['max_accuracy_drop']}%" if decoder
               else f"{results.get('quality_metric', 'accuracy')} drop <= {results['max_accuracy_drop']} points")
-    lines = [f"# danlu compress: {results['artifact']}", "",
-             f"- objective: **{results['objective']}**, budget: {budget}",
-             f"- measured on: `{results['eval_data']}`" + ("" if decoder else f" test split, {results['test_examples']} texts"),
-             f"- threads: {results['rows'][0].get('threads', '?')}, 1-minute load average at start "
-             f"{results.get('load_average_1min', 0):.2f} (other work on the machine slows every row alike)",
-             "", f"**{results.get('verdict', '')}**", "", markdown_table(results), ""]
-    notes = [r for r in results["rows"] if r.get("reason")]
+    facts = [("measured on", f"`{results['eval_data']}`" + ("" if decoder else
+                                                            f" test split, {results['test_examples']} texts")),
+             ("threads", str(rows[0].get("threads", "?"))),
+             ("load average at start", f"{results.get('load_average_1min', 0):.2f} (other work on the machine "
+                                       "slows every row alike)")]
+    sections = []
+    png = plot_pareto(results)
+    if png:
+        title = "Perplexity vs speed" if decoder else f"{metric_name(results.get('quality_metric', 'accuracy'))} vs latency"
+        title = title[0].upper() + title[1:]
+        sections.append(Section(title, figure=Figure("pareto.png", png, title.lower() + " of every variant")))
+    table = Table([h for h, _, _ in columns], [_cells(r, columns) for r in rows], chosen_index, "(chosen)")
+    sections.append(Section("Variants", table=table))
+    notes = [f"`{r['variant']}` {r['status']}: {r['reason']}" for r in rows if r.get("reason")]
     if notes:
-        lines += ["## Skipped and failed", ""] + [f"- `{r['variant']}` {r['status']}: {r['reason']}" for r in notes] + [""]
-    lines += ["## How to read it", "",
-              "Latency is the mean time of one text at batch 1, throughput the sequences per second in batches "
-              "of 32 (medians over repeats, same threads). Size is the bytes of the weight files written. Peak "
-              "memory is the measuring process's high-water mark (Python, torch and onnxruntime included). "
-              "`prune-magnitude` zeroes weights but dense kernels still multiply the zeros: expect no speedup "
-              "and no smaller file from it.", ""]
-    if has_plot:
-        lines += ["## Accuracy vs latency" if not decoder else "## Perplexity vs speed", "", "![pareto](pareto.png)", ""]
-    markdown = "\n".join(lines)
-    (out / "report.md").write_text(markdown, encoding="utf-8")
-    body = html.escape(markdown)
-    if has_plot:
-        image = base64.b64encode((out / "pareto.png").read_bytes()).decode()
-        body = body.replace("![pareto](pareto.png)", f'</pre><img src="data:image/png;base64,{image}"><pre>')
-    (out / "report.html").write_text("<!doctype html><meta charset=utf-8><title>danlu compress</title>"
-                                     f"<pre>{body}</pre>\n", encoding="utf-8")
+        sections.append(Section("Skipped and failed", items=notes))
+    sections.append(Section("How to read it", text=HOW_TO_READ))
+    args = {k: results[k] for k in ("objective", "max_accuracy_drop", "methods", "eval_data", "test_examples")
+            if k in results}
+    return Page(f"danlu compress: {Path(results['artifact']).name}", f"objective {results['objective']}, "
+                f"budget: {budget}", verdict=results.get("verdict", ""), headline=figures, facts=facts,
+                sections=sections, lineage=lineage(out, results["artifact"]), arguments=arguments(args))
+
+
+def write_report(out: Path, results: dict) -> None:
+    """Write report.html, report.md and pareto.png into `out`."""
+    write_page(out, compress_page(Path(out), results))

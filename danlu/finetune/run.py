@@ -23,7 +23,7 @@ from danlu.train.loop import EvalResult, train
 
 # Arguments that do not change what is trained (a resumed run may differ in them).
 _NOT_RESUME_KEY = {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every", "overwrite",
-                   "threads"}
+                   "threads", "report_to", "mlflow_uri"}
 
 
 def data_spec(args: FinetuneArgs) -> DataSpec:
@@ -131,8 +131,10 @@ def finetune(args: FinetuneArgs) -> Path:
             data={"source": data.source, "split": data.split_info}, lora=args.lora,
             base_model=Manifest.read(model_path).base_model or str(model_path))
         from danlu.report.training import write_training_report
+        from danlu.train.tracking import finish_tracking
 
         write_training_report(tmp, manifest, result.history)
+        finish_tracking(run_dir, tmp, manifest)
     remove_own_dir(run_dir)
     return out
 

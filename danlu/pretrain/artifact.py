@@ -41,6 +41,7 @@ def write_artifact(out: Path, run_dir: Path, model: torch.nn.Module, data: Prepa
                    parent: str | None, result) -> dict:
     from danlu.data.tokenizer import set_post_processor
     from danlu.report.pretraining import write_pretraining_report
+    from danlu.train.tracking import finish_tracking
 
     tokenizer = data.tokenizer()
     if data.meta["tokenizer"]["trained"]:
@@ -56,6 +57,7 @@ def write_artifact(out: Path, run_dir: Path, model: torch.nn.Module, data: Prepa
             data_fingerprint=data.fingerprint(), metrics=metrics, objective=args.objective, arch=arch,
             data={"source": str(data.path), "stats": data.stats})
         write_pretraining_report(tmp, manifest, result.history)
+        finish_tracking(run_dir, tmp, manifest)
     val = metrics["validation"]
     if val:
         extra = f", NSP accuracy {val['nsp_accuracy']:.3f}" if "nsp_accuracy" in val else ""

@@ -1,65 +1,67 @@
-"""report.md and report.html (with the loss/metric curve as a PNG) for a fine-tune artifact."""
+"""report.html / report.md of a fine-tuned artifact, whatever its task: test scores first (the task's
+primary metric leading), per-label tables and the confusion heat map where the task has them, the
+training curve, the lineage and the arguments."""
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 
+from danlu.report import charts
+from danlu.report.page import Figure, Metric, Page, Section, format_value, write_page
+from danlu.report.sections import (arguments, headline, lineage, metric_name, primary_metric, score_sections,
+                                   validation_section)
 
-def plot_curve(history: list[dict], path: Path, metric: str = "accuracy") -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def curve_section(history: list[dict], metric: str | None, **baseline) -> Section:
+    """The training curve as a figure section (written as curve.png beside report.md)."""
+    label = metric_name(metric) if metric else ""
+    png = charts.training_curve(history, metric, label, **baseline)
+    what = "training and validation loss" + (f" and validation {label}" if metric else "")
+    return Section("Training curve", figure=Figure("curve.png", png, f"{what} against the optimizer step"))
 
-    train = [(e["step"], e["loss"]) for e in history if "loss" in e]
-    evals = [(e["step"], e[f"eval_{metric}"]) for e in history if f"eval_{metric}" in e]
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="training loss", color="tab:blue")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    if evals:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*evals), "o-", label=f"validation {metric}", color="tab:orange")
-        ax2.set_ylabel(f"validation {metric}")
-    fig.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+
+def artifact_name(manifest: dict, folder: Path) -> str:
+    """The artifact's folder name (the report is written in a temporary sibling, so ask the arguments)."""
+    out = (manifest.get("args") or {}).get("out")
+    return Path(out).name if out else folder.name
+
+
+def training_page(folder: Path, manifest: dict, history: list[dict]) -> Page:
+    """The page of a fine-tuned artifact (see the module docstring)."""
+    metrics = manifest.get("metrics") or {}
+    primary = primary_metric(manifest)
+    test = metrics.get("test") or {}
+    best = metrics.get("best_validation") or {}
+    if test:
+        figures = headline(test, primary, f"test, {format_value(test.get('examples'))} examples")
+    else:
+        figures = headline(best, primary, "best validation")
+    if test and primary in best:
+        figures.append(Metric(f"validation {metric_name(primary)}", format_value(best[primary]),
+                              f"best, at step {format_value(metrics.get('best_step'))}"))
+    data = manifest.get("data") or {}
+    sizes = (data.get("split") or {}).get("sizes")
+    facts = [("base model", f"`{manifest.get('parent')}`"),
+             ("data", f"`{data.get('source')}`" + (f", split {_sizes(sizes)}" if sizes else "")),
+             ("labels", ", ".join(map(str, manifest.get("labels") or [])) or "—"),
+             ("optimizer steps", f"{format_value(metrics.get('steps'))} (best at step "
+                                 f"{format_value(metrics.get('best_step'))})"),
+             ("training throughput", f"{metrics.get('train_examples_per_second', 0):,.1f} examples/s"),
+             ("precision", str(metrics.get("precision", "fp32"))),
+             ("LoRA", "yes" if manifest.get("lora") else "no"),
+             ("created", str(manifest.get("created", "")))]
+    sections = score_sections(test) + [curve_section(history, primary)]
+    sections += [s for s in [validation_section(history)] if s]
+    task = manifest.get("task", "?")
+    return Page(f"danlu {manifest.get('stage', 'finetune')}: {task} — {artifact_name(manifest, folder)}",
+                f"primary metric: {metric_name(primary)}", headline=figures, facts=facts, sections=sections,
+                lineage=lineage(folder, manifest.get("parent")), arguments=arguments(manifest.get("args")))
+
+
+def _sizes(sizes: dict) -> str:
+    return " / ".join(f"{format_value(n)} {name}" for name, n in sizes.items())
 
 
 def write_training_report(folder: Path, manifest: dict, history: list[dict]) -> None:
-    metric = manifest.get("primary_metric") or "accuracy"
-    plot_curve(history, folder / "curve.png", metric)
-    test = manifest["metrics"].get("test", {})
-    lines = [f"# danlu {manifest['stage']}: {manifest['task']}", "",
-             f"- base model: `{manifest['parent']}`", f"- data: `{manifest['data']['source']}`, "
-             f"split sizes {manifest['data']['split']['sizes']}",
-             f"- steps: {manifest['metrics']['steps']}, best step {manifest['metrics']['best_step']}",
-             f"- training throughput: {manifest['metrics']['train_examples_per_second']} examples/s", ""]
-    if test:
-        scalars = ", ".join(f"{k} {v:.4f}" for k, v in test.items()
-                            if isinstance(v, float) and k not in (metric, "loss"))
-        lines += ["## Test metrics", "", f"{metric} **{test[metric]:.4f}**, {scalars} on {test['examples']} examples",
-                  "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-        per_label = test.get("per_class") or test.get("per_type") or {}  # classify: per class; ner: per entity type
-        lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
-                  for k, v in per_label.items()]
-        lines += [""]
-    write_markdown_and_html(folder, lines, "Training curve", manifest["args"], "danlu report")
-
-
-def write_markdown_and_html(folder: Path, lines: list[str], curve_title: str, args: dict, title: str) -> None:
-    """report.md (`lines`, then the curve and the stage's arguments) and report.html (the same text, with
-    folder/curve.png embedded so the page stands alone)."""
-    lines = [*lines, f"## {curve_title}", "", "![curve](curve.png)", "", "## Arguments", "", "```",
-             *(f"{k}: {v}" for k, v in args.items()), "```", ""]
-    markdown = "\n".join(lines)
-    (folder / "report.md").write_text(markdown, encoding="utf-8")
-    image = base64.b64encode((folder / "curve.png").read_bytes()).decode()
-    body = html.escape(markdown).replace("![curve](curve.png)",
-                                         f'</pre><img src="data:image/png;base64,{image}"><pre>')
-    (folder / "report.html").write_text(
-        f"<!doctype html><meta charset=utf-8><title>{title}</title><pre>{body}</pre>\n", encoding="utf-8")
+    """Write report.html, report.md and curve.png of a fine-tuned artifact into `folder`."""
+    write_page(folder, training_page(Path(folder), manifest, history))

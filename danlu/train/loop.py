@@ -22,6 +22,10 @@ from danlu.artifact import claim_dir
 from danlu.config import TrainArgs
 from danlu.train import checkpoint as ckpt
 from danlu.train.batching import epoch_batches, shard
+from danlu.train.tracking import Trackers, start_tracking
+
+# Arguments that say where the curve is also sent, not what is trained: a resumed run may change them.
+NOT_IN_RESUME_KEY = ("report_to", "mlflow_uri")
 
 
 class Objective(Protocol):
@@ -125,15 +129,17 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
     warmup = warmup_steps if warmup_steps is not None else int(args.warmup_ratio * steps)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = make_schedule(optimizer, warmup, steps, schedule)
-    key = {**(resume_key or {}), "world_size": world}
+    key = {k: v for k, v in {**(resume_key or {}), "world_size": world}.items() if k not in NOT_IN_RESUME_KEY}
 
     state: dict[str, Any] = {"step": 0, "best_score": None, "best_step": None, "best_metrics": {},
                              "bad_evals": 0, "resume_key": key}
     metrics_path = run_dir / "metrics.jsonl"
+    resumed = False
     if resume and (last := ckpt.latest_checkpoint(run_dir)) is not None:
         saved = json.loads((last / ckpt.STATE).read_text())
         ckpt.check_same_run(saved["resume_key"], key, run_dir)
         state = ckpt.load_checkpoint(last, model, optimizer, scheduler, rank)
+        resumed = True
         if rank == 0:
             accelerator.print(f"resuming from {last} (step {state['step']})")
     elif rank == 0:
@@ -142,9 +148,34 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
 
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     history = _read_history(metrics_path, state["step"]) if rank == 0 else []
+    tracker = Trackers([])
     if rank == 0:
         _write_history(metrics_path, history)
+        tracker = start_tracking(args.report_to, run_dir, args.mlflow_uri, {**key, **vars(args)},
+                                 state["step"] if resumed else None)
 
+    def record(entry: dict[str, Any], **tracked: float) -> None:
+        """One entry of the curve: into the history, metrics.jsonl and the trackers."""
+        history.append(entry)
+        if rank == 0:
+            _append(metrics_path, entry)
+            tracker.log(entry["step"], {**entry, **tracked})
+
+    try:
+        result = _loop(model, objective, lengths, args, run_dir, evaluate, accelerator, state, steps, optimizer,
+                       scheduler, record, on_best)
+    except BaseException as e:
+        tracker.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.close("FINISHED")
+    result.history = history
+    return result
+
+
+def _loop(model, objective, lengths, args, run_dir, evaluate, accelerator, state, steps, optimizer, scheduler,
+          record, on_best) -> TrainResult:
+    """The optimizer steps from `state["step"]` to `steps` (or early stopping)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
     model, optimizer = accelerator.prepare(model, optimizer)
     batches_per_epoch = math.ceil(len(lengths) / args.batch_size)
     eval_every = args.eval_every or batches_per_epoch
@@ -187,15 +218,12 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if step % args.log_every == 0 or step == 1 or step == steps:
-            history.append({"step": step, "epoch": round(step / batches_per_epoch, 4), "loss": loss,
-                            "lr": scheduler.get_last_lr()[0],
-                            **({"grad_norm": grad_norm} if grad_norm is not None else {})})
-            if rank == 0:
-                _append(metrics_path, history[-1])
+            record({"step": step, "epoch": round(step / batches_per_epoch, 4), "loss": loss,
+                    "lr": scheduler.get_last_lr()[0], **({"grad_norm": grad_norm} if grad_norm is not None else {})},
+                   examples_per_second=seen / train_seconds if train_seconds else 0.0)
         stop = False
         if evaluate is not None and (step % eval_every == 0 or step == steps):
-            stop = _evaluate(model, evaluate, accelerator, state, step, args, history, metrics_path,
-                             run_dir, on_best)
+            stop = _evaluate(model, evaluate, accelerator, state, step, args, record, run_dir, on_best)
         state["step"] = step
         if step % save_every == 0 or stop or step == steps:
             folder = ckpt.save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer,
@@ -210,20 +238,16 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
             break
     progress.close()
     precision = "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
-    return TrainResult(step, state["best_step"], state["best_metrics"], train_seconds, seen, history, precision)
+    return TrainResult(step, state["best_step"], state["best_metrics"], train_seconds, seen, [], precision)
 
 
-def _evaluate(model, evaluate, accelerator, state, step, args, history, metrics_path, run_dir,
-              on_best) -> bool:
+def _evaluate(model, evaluate, accelerator, state, step, args, record, run_dir, on_best) -> bool:
     """Evaluate, keep the best model, and say whether early stopping should end the run."""
     model.eval()
     with torch.inference_mode(), accelerator.autocast():
         result = evaluate(accelerator.unwrap_model(model))
     model.train()
-    entry = {"step": step, **{f"eval_{k}": v for k, v in result.metrics.items()}}
-    history.append(entry)
-    if accelerator.is_main_process:
-        _append(metrics_path, entry)
+    record({"step": step, **{f"eval_{k}": v for k, v in result.metrics.items()}})
     if state["best_score"] is None or result.score > state["best_score"]:
         state.update(best_score=result.score, best_step=step, best_metrics=result.metrics, bad_evals=0)
         if on_best is not None and accelerator.is_main_process:
