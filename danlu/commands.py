@@ -41,7 +41,9 @@ class AssetsArgs:
 
 def predict(args: PredictArgs) -> list[dict]:
     from danlu.data.tables import read_table
+    from danlu.data.textfile import read_text
     from danlu.evaluate.classify import encode, load_classifier, predict_proba
+    from danlu.textwidth import pad, truncate
 
     texts = list(args.texts)
     if args.input:
@@ -49,7 +51,7 @@ def predict(args: PredictArgs) -> list[dict]:
         if path.suffix == ".txt":
             if not path.exists():
                 raise DanluError(f"no such file: {path}")
-            texts += [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+            texts += [t for t in read_text(path).splitlines() if t.strip()]  # UTF-8 or GB18030
         else:
             rows, _ = read_table(path)
             if rows and "text" not in rows[0]:
@@ -68,7 +70,7 @@ def predict(args: PredictArgs) -> list[dict]:
             print(json.dumps(row, ensure_ascii=False))
         else:
             probs_text = "  ".join(f"{l}={x:.3f}" for l, x in row["probabilities"].items())
-            print(f"{row['label']:<12} {probs_text}  {row['text'][:70]}")
+            print(f"{pad(row['label'], 12)} {probs_text}  {truncate(row['text'], 70)}")
     return rows
 
 
@@ -124,6 +126,6 @@ def assets_command(args: AssetsArgs) -> list[dict]:
         raise DanluError(f"unknown action {args.action!r}; use `list` or `install NAME...`")
     rows = assets.list_assets()
     for r in rows:
-        print(f"{r['name']:<16}{r['kind']:<7}{'installed' if r['installed'] else 'missing':<11}"
-              f"{r['path'] or 'danlu assets install ' + r['name']}")
+        print(f"{r['name']:<18}{r['kind']:<7}{'installed' if r['installed'] else 'missing':<11}"
+              f"{r['path'] or 'danlu assets install ' + r['name']}" + (f"  [{r['terms']}]" if r["terms"] else ""))
     return rows
