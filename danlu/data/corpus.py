@@ -30,7 +30,18 @@ def _open_text(path: Path) -> IO[str]:
 
 
 def resolve_corpus(source: str) -> list[Path]:
-    """The files behind one CORPUS argument (a packaged name, a file or a folder), in a stable order."""
+    """The files behind one CORPUS argument (a packaged name, a file or a folder), in a stable order; a text
+    file in an encoding danlu cannot read is refused here, before any work (danlu/data/textfile.py)."""
+    from danlu.data.textfile import detect_encoding
+
+    files = _corpus_files(source)
+    for file in files:
+        if _base_suffix(file) != ".parquet":
+            detect_encoding(file)
+    return files
+
+
+def _corpus_files(source: str) -> list[Path]:
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _base_suffix(p) in TEXT_SUFFIXES
