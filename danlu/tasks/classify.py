@@ -219,14 +219,16 @@ def format_prediction(text: str, result: dict[str, Any]) -> str:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
+    from danlu.textwidth import pad
+
     labels = metrics["confusion_matrix"]["labels"]
     lines = [f"{metrics['split']}: {metrics['examples']} examples  accuracy {metrics['accuracy']:.4f}  "
              f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}",
              f"{'label':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
-    lines += [f"{label:<14}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}"
+    lines += [f"{pad(label, 14)}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}"
               for label, m in metrics["per_class"].items()]
     lines.append(f"confusion matrix (rows: true, columns: predicted): {labels}")
-    lines += [f"  {label:<12} {row}" for label, row in zip(labels, metrics["confusion_matrix"]["matrix"])]
+    lines += [f"  {pad(label, 12)} {row}" for label, row in zip(labels, metrics["confusion_matrix"]["matrix"])]
     return "\n".join(lines)
 
 
