@@ -186,7 +186,8 @@ def test_prediction_and_metric_tables_line_up_with_chinese_labels():
     rows = [format_prediction("这本书写得非常好，推荐给大家！" * 6, {"label": "负面", "probabilities": {"负面": 0.9, "正面": 0.1}}),
             format_prediction("good", {"label": "正面", "probabilities": {"负面": 0.1, "正面": 0.9}})]
     assert [display_width(r[:r.index("负面=")]) for r in rows] == [13, 13]
-    assert display_width(rows[0]) == 13 + display_width("负面=0.900  正面=0.100  ") + 70
+    # cut to 70 columns; a two-column character that would end past them is left out
+    assert display_width(rows[0]) - 13 - display_width("负面=0.900  正面=0.100  ") in (69, 70)
     metrics = {"split": "test", "examples": 4, "accuracy": 0.5, "macro_f1": 0.5, "loss": 0.7,
                "per_class": {l: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2} for l in ("负面", "positive")},
                "confusion_matrix": {"labels": ["负面", "positive"], "matrix": [[1, 0], [0, 1]]}}
