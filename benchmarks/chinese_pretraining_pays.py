@@ -207,7 +207,9 @@ def write_report(args, runs: dict[str, list[dict]], c: dict, partial: bool) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="scratch folder; finished stages in it are reused as they are, so give a fresh one for other settings")
+    parser.add_argument("--work", type=Path, required=True,
+                        help="scratch folder; finished stages in it are reused as they are (use a fresh one "
+                             "for new settings)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--size", default="tiny", help="danlu pretrain --size")
