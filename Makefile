@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.danlu-installed
-ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample peoples-daily chinese-sentiment
+ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 squad peoples-daily chinese-sentiment
 
 .PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve clean
 
