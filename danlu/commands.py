@@ -115,6 +115,6 @@ def assets_command(args: AssetsArgs) -> list[dict]:
         raise DanluError(f"unknown action {args.action!r}; use `list` or `install NAME...`")
     rows = assets.list_assets()
     for r in rows:
-        print(f"{r['name']:<16}{r['kind']:<7}{'installed' if r['installed'] else 'missing':<11}"
-              f"{r['path'] or 'danlu assets install ' + r['name']}")
+        print(f"{r['name']:<18}{r['kind']:<7}{'installed' if r['installed'] else 'missing':<11}"
+              f"{r['path'] or 'danlu assets install ' + r['name']}" + (f"  [{r['terms']}]" if r["terms"] else ""))
     return rows

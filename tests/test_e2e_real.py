@@ -25,7 +25,7 @@ def test_every_recipe_loads():
     from danlu.recipe import stage_table
 
     recipes = sorted(RECIPES.glob("*.yaml"))
-    assert {p.name for p in recipes} >= {"quickstart.yaml", "pretrain-tiny.yaml"}
+    assert {p.name for p in recipes} >= {"quickstart.yaml", "pretrain-tiny.yaml", "chinese-sentiment.yaml"}
     table = stage_table()
     for path in recipes:
         for stage in load_recipe(path)["stages"]:

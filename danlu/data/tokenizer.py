@@ -27,19 +27,24 @@ def _new_tokenizer(kind: str):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     isolate_cjk = pre_tokenizers.Split(Regex(CJK_PATTERN), behavior="isolated")
+    # `danlu prepare` trains on NFKC text (danlu/data/clean.py); the tokenizer normalises the same way, so
+    # text met later (fine-tuning, serving) matches: full-width "，" is "," in both, not [UNK] at inference.
+    nfkc = normalizers.NFKC()
     if kind == "bpe":  # GPT-2 style byte-level BPE: never an unknown token
         tokenizer = Tokenizer(models.BPE())
+        tokenizer.normalizer = nfkc
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [isolate_cjk, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
         tokenizer.decoder = decoders.ByteLevel()
     elif kind == "wordpiece":  # BERT's: its normaliser puts spaces around each CJK ideograph
         tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                          strip_accents=False, lowercase=False)
+        tokenizer.normalizer = normalizers.Sequence([nfkc, normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)])
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([isolate_cjk, pre_tokenizers.BertPreTokenizer()])
         tokenizer.decoder = decoders.WordPiece()
     elif kind == "unigram":  # SentencePiece style
         tokenizer = Tokenizer(models.Unigram())
+        tokenizer.normalizer = nfkc
         # Metaspace first, marking only the text's start and real spaces, so CJK characters carry no "▁".
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Metaspace(prepend_scheme="first"), isolate_cjk])

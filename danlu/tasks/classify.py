@@ -191,6 +191,7 @@ def predict(model, tokenizer, inputs: Sequence[str], labels: list[str], max_leng
 def read_inputs(texts: list[str], input_file: str, **_: str) -> list[str]:
     """Texts from the command line and from --input FILE (one per line in .txt, else a `text` column)."""
     from danlu.data.tables import read_table
+    from danlu.data.textfile import read_text
 
     texts = list(texts)
     if input_file:
@@ -198,7 +199,7 @@ def read_inputs(texts: list[str], input_file: str, **_: str) -> list[str]:
         if path.suffix == ".txt":
             if not path.exists():
                 raise DanluError(f"no such file: {path}")
-            texts += [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+            texts += [t for t in read_text(path).splitlines() if t.strip()]  # UTF-8 or GB18030
         else:
             rows, _ = read_table(path)
             if rows and "text" not in rows[0]:
@@ -210,19 +211,24 @@ def read_inputs(texts: list[str], input_file: str, **_: str) -> list[str]:
 
 
 def format_prediction(text: str, result: dict[str, Any]) -> str:
+    """One table row; columns counted in terminal cells, so Chinese labels and texts line up."""
+    from danlu.textwidth import pad, truncate
+
     probs = "  ".join(f"{label}={p:.3f}" for label, p in result["probabilities"].items())
-    return f"{result['label']:<12} {probs}  {text[:70]}"
+    return f"{pad(result['label'], 12)} {probs}  {truncate(text, 70)}"
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
+    from danlu.textwidth import pad
+
     labels = metrics["confusion_matrix"]["labels"]
     lines = [f"{metrics['split']}: {metrics['examples']} examples  accuracy {metrics['accuracy']:.4f}  "
              f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}",
              f"{'label':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
-    lines += [f"{label:<14}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}"
+    lines += [f"{pad(label, 14)}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}"
               for label, m in metrics["per_class"].items()]
     lines.append(f"confusion matrix (rows: true, columns: predicted): {labels}")
-    lines += [f"  {label:<12} {row}" for label, row in zip(labels, metrics["confusion_matrix"]["matrix"])]
+    lines += [f"  {pad(label, 12)} {row}" for label, row in zip(labels, metrics["confusion_matrix"]["matrix"])]
     return "\n".join(lines)
 
 
