@@ -250,7 +250,10 @@ def build_state(args: ServeArgs) -> ServerState:
     task_name = task_of(path)
     kind = "decoder" if task_name in DECODER_TASKS else "embedder" if task_name in ("embed", "mlm") else "task"
     if args.quantize != "none" and kind != "decoder":
-        raise DanluError(f"--quantize {args.quantize} applies to decoders, and {path} is an encoder ({task_name})")
+        from danlu.tasks import TASKS, get_task
+
+        what = getattr(get_task(task_name), "KIND", task_name) if task_name in TASKS else task_name
+        raise DanluError(f"--quantize {args.quantize} applies to decoders, and {path} is an encoder ({what})")
     if args.quantize != "none":
         dtype = torch.float32 if args.dtype == "auto" else dtype
     name = args.served_model_name or (args.model if not Path(args.model).expanduser().is_dir() else path.name)
