@@ -1,8 +1,12 @@
-// Weight-only int8 linear layer for x86-64 CPUs with AVX2 and FMA (built and loaded by danlu.kernels).
+// Weight-only int8 and 4-bit linear layers for x86-64 CPUs with AVX2, FMA and F16C (built and loaded by
+// danlu.kernels).
 //
-//   out[m, n] = scale[n] * sum_k x[m, k] * w[n, k]  (+ bias[n])
+//   int8:  out[m, n] = scale[n] * sum_k x[m, k] * w[n, k]  (+ bias[n])
+//   4-bit: out[m, n] = sum_k x[m, k] * (d[n, g] * q[n, k] + mn[n, g])  (+ bias[n]),  g = k / 32
 //
-// x is float32 (M x K, rows contiguous), w int8 (N x K, one scale per output row), out float32 (M x N).
+// x is float32 (M x K, rows contiguous), out float32 (M x N). int8: w int8 (N x K, one scale per output
+// row). 4-bit (as llama.cpp's Q4_1): per row, K/32 groups of 16 bytes, byte j holding q[j] in its low
+// nibble and q[j + 16] in its high one (q in 0..15), and a float16 step d and offset mn per group.
 // Reading one byte per weight instead of four is what speeds up decoding, which streams every weight
 // at every step. Blocks of 4 weight rows are widened to float32 into a small buffer that stays in L1,
 // then multiplied with tiles of 3 activation rows (12 AVX2 accumulators). Each output is one dot
@@ -41,7 +45,7 @@ inline void tile(const float* x, const float* wf, int K, int N, int n0, const fl
     }
     for (int i = 0; i < R; i++)
         for (int j = 0; j < C; j++) {
-            float v = hsum(acc[i][j]) * scale[n0 + j];
+            float v = scale ? hsum(acc[i][j]) * scale[n0 + j] : hsum(acc[i][j]);
             out[(size_t)i * N + n0 + j] = bias ? v + bias[n0 + j] : v;
         }
 }
@@ -55,12 +59,44 @@ void rows(const float* x, const float* wf, int M, int K, int N, int n0, const fl
     if (M - m == 1) tile<1, C>(x + (size_t)m * K, wf, K, N, n0, scale, bias, out + (size_t)m * N);
 }
 
-}  // namespace
+// Widen weight row n (K weights) to float32 at dst.
+struct WidenInt8 {
+    const int8_t* w;
+    void operator()(int n, int K, float* dst) const {
+        const int8_t* src = w + (size_t)n * K;
+        for (int k = 0; k < K; k += 8) {
+            __m128i q = _mm_loadl_epi64((const __m128i*)(src + k));
+            _mm256_store_ps(dst + k, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
+        }
+    }
+};
 
-// Returns 0 on success, 1 when K is not a multiple of 8, 2 when the scratch buffer cannot be allocated.
-extern "C" int danlu_w8_linear(const float* x, const int8_t* w, const float* scale, const float* bias, float* out,
-                               int M, int N, int K, int threads) {
-    if (K % 8) return 1;
+struct WidenQ4 {
+    const uint8_t* w;
+    const uint16_t* d;   // float16 bits, N x K/32
+    const uint16_t* mn;  // float16 bits, N x K/32
+    void operator()(int n, int K, float* dst) const {
+        const int groups = K / 32;
+        const uint8_t* src = w + (size_t)n * (K / 2);
+        const __m128i low = _mm_set1_epi8(0x0F);
+        for (int g = 0; g < groups; g++) {
+            const __m256 step = _mm256_set1_ps(_cvtsh_ss(d[(size_t)n * groups + g]));
+            const __m256 off = _mm256_set1_ps(_cvtsh_ss(mn[(size_t)n * groups + g]));
+            __m128i bytes = _mm_loadu_si128((const __m128i*)(src + g * 16));
+            __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
+            float* out = dst + g * 32;
+            const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+            for (int p = 0; p < 4; p++)
+                _mm256_store_ps(out + 8 * p,
+                                _mm256_fmadd_ps(step, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), off));
+        }
+    }
+};
+
+// Blocks of NB weight rows are widened into a per-thread buffer, then multiplied with every activation row.
+template <class Widen>
+int linear(const float* x, Widen widen, const float* scale, const float* bias, float* out, int M, int N, int K,
+           int threads) {
     const int blocks = (N + NB - 1) / NB;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
@@ -73,14 +109,7 @@ extern "C" int danlu_w8_linear(const float* x, const int8_t* w, const float* sca
             for (int b = 0; b < blocks; b++) {
                 if (!wf) continue;
                 const int n0 = b * NB, nb = N - n0 < NB ? N - n0 : NB;
-                for (int j = 0; j < nb; j++) {
-                    const int8_t* src = w + (size_t)(n0 + j) * K;
-                    float* dst = wf + j * K;
-                    for (int k = 0; k < K; k += 8) {
-                        __m128i q = _mm_loadl_epi64((const __m128i*)(src + k));
-                        _mm256_store_ps(dst + k, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
-                    }
-                }
+                for (int j = 0; j < nb; j++) widen(n0 + j, K, wf + j * K);
                 const float* xm = x + (size_t)m0 * K;
                 float* om = out + (size_t)m0 * N;
                 switch (nb) {
@@ -94,4 +123,20 @@ extern "C" int danlu_w8_linear(const float* x, const int8_t* w, const float* sca
         free(wf);
     }
     return failed;
+}
+
+}  // namespace
+
+// Return 0 on success, 1 when K is not a multiple of 8 (int8) or 32 (4-bit), 2 when the scratch buffer cannot
+// be allocated.
+extern "C" int danlu_w8_linear(const float* x, const int8_t* w, const float* scale, const float* bias, float* out,
+                               int M, int N, int K, int threads) {
+    if (K % 8) return 1;
+    return linear(x, WidenInt8{w}, scale, bias, out, M, N, K, threads);
+}
+
+extern "C" int danlu_q4_linear(const float* x, const uint8_t* w, const uint16_t* d, const uint16_t* mn,
+                               const float* bias, float* out, int M, int N, int K, int threads) {
+    if (K % 32) return 1;
+    return linear(x, WidenQ4{w, d, mn}, nullptr, bias, out, M, N, K, threads);
 }
