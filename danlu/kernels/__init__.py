@@ -54,7 +54,10 @@ def _build(target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        try:
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        except OSError as error:
+            raise KernelUnavailable(f"C++ compiler {compiler!r} cannot run: {error.strerror or error}") from None
         if result.returncode != 0:
             raise KernelUnavailable(f"{compiler} failed to build {SOURCE.name}: {result.stderr.strip()[-400:]}")
         os.replace(tmp, target)
