@@ -93,6 +93,36 @@ struct WidenQ4 {
     }
 };
 
+// One activation row against weight rows n0..n0+C-1 straight from their 4-bit groups, without the widened
+// buffer: each weight is the same fma(d, q, mn) and each output the same sum in the same order as in
+// tile<1, C> over the widened rows, so the result is bit for bit what a batch gives that row.
+template <int C>
+void q4_single(const float* x, const WidenQ4& w, int K, int n0, const float* bias, float* out) {
+    const int groups = K / 32;
+    const __m128i low = _mm_set1_epi8(0x0F);
+    __m256 acc[C];
+    for (int j = 0; j < C; j++) acc[j] = _mm256_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        __m256 xv[4];
+        for (int p = 0; p < 4; p++) xv[p] = _mm256_loadu_ps(x + g * 32 + 8 * p);
+        for (int j = 0; j < C; j++) {
+            const size_t n = (size_t)(n0 + j);
+            const __m256 step = _mm256_set1_ps(_cvtsh_ss(w.d[n * groups + g]));
+            const __m256 off = _mm256_set1_ps(_cvtsh_ss(w.mn[n * groups + g]));
+            __m128i bytes = _mm_loadu_si128((const __m128i*)(w.w + n * (K / 2) + g * 16));
+            __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
+            const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+            for (int p = 0; p < 4; p++)
+                acc[j] = _mm256_fmadd_ps(
+                    xv[p], _mm256_fmadd_ps(step, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), off), acc[j]);
+        }
+    }
+    for (int j = 0; j < C; j++) {
+        float v = hsum(acc[j]);
+        out[n0 + j] = bias ? v + bias[n0 + j] : v;
+    }
+}
+
 // Blocks of NB weight rows are widened into a per-thread buffer, then multiplied with every activation row.
 template <class Widen>
 int linear(const float* x, Widen widen, const float* scale, const float* bias, float* out, int M, int N, int K,
@@ -138,5 +168,18 @@ extern "C" int danlu_w8_linear(const float* x, const int8_t* w, const float* sca
 extern "C" int danlu_q4_linear(const float* x, const uint8_t* w, const uint16_t* d, const uint16_t* mn,
                                const float* bias, float* out, int M, int N, int K, int threads) {
     if (K % 32) return 1;
-    return linear(x, WidenQ4{w, d, mn}, nullptr, bias, out, M, N, K, threads);
+    const WidenQ4 widen{w, d, mn};
+    if (M > 1) return linear(x, widen, nullptr, bias, out, M, N, K, threads);
+    const int blocks = (N + NB - 1) / NB;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int b = 0; b < blocks; b++) {
+        const int n0 = b * NB, nb = N - n0 < NB ? N - n0 : NB;
+        switch (nb) {
+            case 4: q4_single<4>(x, widen, K, n0, bias, out); break;
+            case 3: q4_single<3>(x, widen, K, n0, bias, out); break;
+            case 2: q4_single<2>(x, widen, K, n0, bias, out); break;
+            default: q4_single<1>(x, widen, K, n0, bias, out); break;
+        }
+    }
+    return 0;
 }
