@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from danlu.kernels.int8 import KernelLinear
+from danlu.kernels.linear import KernelLinear
 
 GROUP = 32
 

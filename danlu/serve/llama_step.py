@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from danlu.kernels.int8 import KernelLinear
+from danlu.kernels.linear import KernelLinear
 from danlu.serve.cpu_linear import speed_up_linears
 from danlu.serve.kv_cache import SlotKVCache, attention_mask
 
