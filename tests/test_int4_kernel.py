@@ -131,3 +131,21 @@ def test_4bit_decoder_serves_the_same_greedy_tokens_as_its_generate(tiny_llama):
             assert seq.generated == generate_alone(model, prompt, seq.params.max_tokens)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_kernel
+def test_residual_add_and_rms_norm_in_one_call():
+    from danlu.kernels import kernel_function
+
+    fn = kernel_function("danlu_add_rms_norm")
+    torch.manual_seed(3)
+    h, delta, weight = torch.randn(5, 64), torch.randn(5, 64), torch.randn(64)
+    want_h = h + delta
+    want = torch.nn.functional.rms_norm(want_h, (64,), weight, 1e-5)
+    out = torch.empty_like(h)
+    assert fn(h.data_ptr(), delta.data_ptr(), weight.data_ptr(), 1e-5, out.data_ptr(), 5, 64) == 0
+    torch.testing.assert_close(h, want_h)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    one = torch.empty(1, 64)
+    fn(h[2:3].data_ptr(), None, weight.data_ptr(), 1e-5, one.data_ptr(), 1, 64)  # no delta: norm only
+    assert torch.equal(one[0], out[2])  # and a row is the same alone as in the batch

@@ -84,6 +84,9 @@ def _library() -> ctypes.CDLL | str:
     for function, pointers in ((library.danlu_w8_linear, 5), (library.danlu_q4_linear, 6)):
         function.restype = ctypes.c_int
         function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int] * 4
+    library.danlu_add_rms_norm.restype = ctypes.c_int
+    library.danlu_add_rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
+                                                                     ctypes.c_int]
     return library
 
 
@@ -94,8 +97,8 @@ def kernel_error() -> str | None:
 
 
 def kernel_function(name: str = "danlu_w8_linear"):
-    """The C function `name` (`danlu_w8_linear` or `danlu_q4_linear`, argument types set), or None where the
-    kernels are unavailable."""
+    """The C function `name` (`danlu_w8_linear`, `danlu_q4_linear` or `danlu_add_rms_norm`, argument types
+    set), or None where the kernels are unavailable."""
     library = _library()
     return None if isinstance(library, str) else getattr(library, name)
 

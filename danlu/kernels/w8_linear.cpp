@@ -14,6 +14,7 @@
 // result never depends on the other rows: decoding is batch-invariant.
 #include <immintrin.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdlib.h>
 
 namespace {
@@ -180,6 +181,30 @@ extern "C" int danlu_q4_linear(const float* x, const uint8_t* w, const uint16_t*
             case 2: q4_single<2>(x, widen, K, n0, bias, out); break;
             default: q4_single<1>(x, widen, K, n0, bias, out); break;
         }
+    }
+    return 0;
+}
+
+// The residual add and RMSNorm of a decode step in one pass: h += delta (when delta is given), then
+// out = h / sqrt(mean(h^2) + eps) * w, row by row (M rows of K floats, K a multiple of 8). Each row is
+// summed in the same order whatever M is.
+extern "C" int danlu_add_rms_norm(float* h, const float* delta, const float* w, float eps, float* out, int M, int K) {
+    if (K % 8) return 1;
+    for (int m = 0; m < M; m++) {
+        float* row = h + (size_t)m * K;
+        __m256 sq = _mm256_setzero_ps();
+        for (int k = 0; k < K; k += 8) {
+            __m256 v = _mm256_loadu_ps(row + k);
+            if (delta) {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(delta + (size_t)m * K + k));
+                _mm256_storeu_ps(row + k, v);
+            }
+            sq = _mm256_fmadd_ps(v, v, sq);
+        }
+        const __m256 r = _mm256_set1_ps(1.0f / sqrtf(hsum(sq) / K + eps));
+        for (int k = 0; k < K; k += 8)
+            _mm256_storeu_ps(out + (size_t)m * K + k,
+                             _mm256_mul_ps(_mm256_loadu_ps(w + k), _mm256_mul_ps(_mm256_loadu_ps(row + k), r)));
     }
     return 0;
 }

@@ -4,11 +4,11 @@ plumbing), over the engine's `SlotKVCache`.
 
 At one client a decode step of SmolLM2-135M spent about half its time outside the weights' products
 (RMSNorm, rotary, the cache update, SDPA, and Python around ~1000 small ops). Here each layer is:
-RMSNorm (one fused op) -> one q/k/v product (the three weights stacked) -> rotary on q and k together
+RMSNorm (with the residual add before it, one C call: `danlu_add_rms_norm`) -> one q/k/v product (the three weights stacked) -> rotary on q and k together
 (precomputed cos/sin tables) -> the new key/value written into the cache (one index_put each) -> SDPA
 over the cache view with the query packed per key/value head (as transformers does for one query) ->
-output product + residual -> RMSNorm -> one gate/up product (stacked) -> SiLU * up -> down product +
-residual.
+output product -> residual add + RMSNorm -> one gate/up product (stacked) -> SiLU * up -> down product
+(added to the residual by the next layer's norm).
 
 Stacking keeps one copy of the weights: the stacked tensor is made once and the model's own q/k/v and
 gate/up layers are pointed at row slices of it, so `generate` and the prefill (still transformers'
@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from danlu.kernels import kernel_function
 from danlu.kernels.linear import KernelLinear
 from danlu.serve.cpu_linear import speed_up_linears
 from danlu.serve.kv_cache import SlotKVCache, attention_mask
@@ -122,6 +123,20 @@ class LlamaDecodeStep:
         self.cos = cos[0].contiguous()
         self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).contiguous()
         self.dtype = self.embed.dtype
+        # residual add + RMSNorm in one C call (float32; transformers' RMSNorm is ~8 torch ops)
+        fused = self.dtype == torch.float32 and self.hidden % 8 == 0
+        self.add_rms_norm = kernel_function("danlu_add_rms_norm") if fused else None
+
+    def _norm(self, h: torch.Tensor, delta: torch.Tensor | None, norm: tuple) -> torch.Tensor:
+        """h += delta (in place), then RMSNorm(h) with `norm` = (weight, eps)."""
+        if self.add_rms_norm is None:
+            if delta is not None:
+                h += delta
+            return F.rms_norm(h, (self.hidden,), norm[0], norm[1])
+        out = torch.empty_like(h)
+        self.add_rms_norm(h.data_ptr(), None if delta is None else delta.data_ptr(), norm[0].data_ptr(), norm[1],
+                          out.data_ptr(), h.shape[0], self.hidden)
+        return out
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits (batch, vocab) for one new token per packed row: ids and positions of shape (batch,)."""
@@ -132,9 +147,9 @@ class LlamaDecodeStep:
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (batch, 1, dim)
         where = (torch.arange(batch, device=ids.device), slice(None), positions)
         half = dim // 2
-        h = F.embedding(ids, self.embed)
+        h, delta = F.embedding(ids, self.embed), None
         for i, (norm1, qkv_proj, o_proj, norm2, gate_up, down) in enumerate(self.layers):
-            x = F.rms_norm(h, (self.hidden,), norm1[0], norm1[1])
+            x = self._norm(h, delta, norm1)
             qkv = qkv_proj(x)
             qk = qkv[:, :(heads + kv) * dim].view(batch, heads + kv, 2, half)
             qk = torch.addcmul(qk.view(batch, heads + kv, dim) * cos, qk.flip(2).view(batch, heads + kv, dim), sin)
@@ -144,8 +159,7 @@ class LlamaDecodeStep:
             attn = F.scaled_dot_product_attention(
                 qk[:, :heads].view(batch, kv, heads // kv, dim), keys[:batch, :, :length],
                 values[:batch, :, :length], attn_mask=mask, scale=self.scaling)
-            h = h + o_proj(attn.reshape(batch, heads * dim))
-            x = F.rms_norm(h, (self.hidden,), norm2[0], norm2[1])
+            x = self._norm(h, o_proj(attn.reshape(batch, heads * dim)), norm2)
             gu = gate_up(x)
-            h = h + down(F.silu(gu[:, :self.intermediate]) * gu[:, self.intermediate:])
-        return self.lm_head(F.rms_norm(h, (self.hidden,), self.norm[0], self.norm[1]))
+            delta = down(F.silu(gu[:, :self.intermediate]) * gu[:, self.intermediate:])
+        return self.lm_head(self._norm(h, delta, self.norm))
