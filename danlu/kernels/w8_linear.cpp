@@ -72,58 +72,6 @@ struct WidenInt8 {
     }
 };
 
-struct WidenQ4 {
-    const uint8_t* w;
-    const uint16_t* d;   // float16 bits, N x K/32
-    const uint16_t* mn;  // float16 bits, N x K/32
-    void operator()(int n, int K, float* dst) const {
-        const int groups = K / 32;
-        const uint8_t* src = w + (size_t)n * (K / 2);
-        const __m128i low = _mm_set1_epi8(0x0F);
-        for (int g = 0; g < groups; g++) {
-            const __m256 step = _mm256_set1_ps(_cvtsh_ss(d[(size_t)n * groups + g]));
-            const __m256 off = _mm256_set1_ps(_cvtsh_ss(mn[(size_t)n * groups + g]));
-            __m128i bytes = _mm_loadu_si128((const __m128i*)(src + g * 16));
-            __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
-            float* out = dst + g * 32;
-            const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-            for (int p = 0; p < 4; p++)
-                _mm256_store_ps(out + 8 * p,
-                                _mm256_fmadd_ps(step, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), off));
-        }
-    }
-};
-
-// One activation row against weight rows n0..n0+C-1 straight from their 4-bit groups, without the widened
-// buffer: each weight is the same fma(d, q, mn) and each output the same sum in the same order as in
-// tile<1, C> over the widened rows, so the result is bit for bit what a batch gives that row.
-template <int C>
-void q4_single(const float* x, const WidenQ4& w, int K, int n0, const float* bias, float* out) {
-    const int groups = K / 32;
-    const __m128i low = _mm_set1_epi8(0x0F);
-    __m256 acc[C];
-    for (int j = 0; j < C; j++) acc[j] = _mm256_setzero_ps();
-    for (int g = 0; g < groups; g++) {
-        __m256 xv[4];
-        for (int p = 0; p < 4; p++) xv[p] = _mm256_loadu_ps(x + g * 32 + 8 * p);
-        for (int j = 0; j < C; j++) {
-            const size_t n = (size_t)(n0 + j);
-            const __m256 step = _mm256_set1_ps(_cvtsh_ss(w.d[n * groups + g]));
-            const __m256 off = _mm256_set1_ps(_cvtsh_ss(w.mn[n * groups + g]));
-            __m128i bytes = _mm_loadu_si128((const __m128i*)(w.w + n * (K / 2) + g * 16));
-            __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
-            const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-            for (int p = 0; p < 4; p++)
-                acc[j] = _mm256_fmadd_ps(
-                    xv[p], _mm256_fmadd_ps(step, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), off), acc[j]);
-        }
-    }
-    for (int j = 0; j < C; j++) {
-        float v = hsum(acc[j]);
-        out[n0 + j] = bias ? v + bias[n0 + j] : v;
-    }
-}
-
 // Blocks of NB weight rows are widened into a per-thread buffer, then multiplied with every activation row.
 template <class Widen>
 int linear(const float* x, Widen widen, const float* scale, const float* bias, float* out, int M, int N, int K,
@@ -166,22 +114,101 @@ extern "C" int danlu_w8_linear(const float* x, const int8_t* w, const float* sca
     return linear(x, WidenInt8{w}, scale, bias, out, M, N, K, threads);
 }
 
+namespace {
+
+// R activation rows (quantized) against C weight rows n0.. of 4-bit groups: each group's codes are unpacked once
+// for the R rows. Output (m, n) = sum over groups, in order, of d * dx * (xq . q), then + sum of mn * sum(x).
+template <int R, int C>
+void q4_tile(const int8_t* xq, const float* xs, const uint8_t* w, const uint16_t* d, const uint16_t* mn,
+             const float* bias, float* out, int N, int K, int n0) {
+    const int groups = K / 32;
+    const __m128i low = _mm_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[R][C];
+    float offsets[R][C];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < C; j++) acc[i][j] = _mm256_setzero_ps(), offsets[i][j] = 0.0f;
+    for (int g = 0; g < groups; g++) {
+        __m256i q[C];
+        float step[C], off[C];
+        for (int j = 0; j < C; j++) {
+            const size_t n = (size_t)(n0 + j);
+            __m128i bytes = _mm_loadu_si128((const __m128i*)(w + n * (K / 2) + g * 16));
+            q[j] = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
+            step[j] = _cvtsh_ss(d[n * groups + g]);
+            off[j] = _cvtsh_ss(mn[n * groups + g]);
+        }
+        for (int i = 0; i < R; i++) {
+            const __m256i xv = _mm256_load_si256((const __m256i*)(xq + (size_t)i * K + g * 32));
+            const float dx = xs[2 * ((size_t)i * groups + g)], sum = xs[2 * ((size_t)i * groups + g) + 1];
+            for (int j = 0; j < C; j++) {
+                __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xv), ones);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(step[j] * dx), _mm256_cvtepi32_ps(dot), acc[i][j]);
+                offsets[i][j] = fmaf(off[j], sum, offsets[i][j]);  // explicit: the same rounding in every tile
+            }
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < C; j++) {
+            const size_t n = (size_t)(n0 + j);
+            const float v = hsum(acc[i][j]) + offsets[i][j];
+            out[(size_t)i * N + n] = bias ? v + bias[n] : v;
+        }
+}
+
+template <int C>
+void q4_rows(const int8_t* xq, const float* xs, const uint8_t* w, const uint16_t* d, const uint16_t* mn,
+             const float* bias, float* out, int M, int N, int K, int n0) {
+    const int groups = K / 32;
+    int m = 0;
+    for (; m + 2 <= M; m += 2)
+        q4_tile<2, C>(xq + (size_t)m * K, xs + 2 * (size_t)m * groups, w, d, mn, bias, out + (size_t)m * N, N, K, n0);
+    if (m < M)
+        q4_tile<1, C>(xq + (size_t)m * K, xs + 2 * (size_t)m * groups, w, d, mn, bias, out + (size_t)m * N, N, K, n0);
+}
+
+}  // namespace
+
+// 4-bit: integer dot products, as llama.cpp does. Each activation row is quantized per group of 32 to int8
+// (step dx = max|x| / 127) once per call; a weight group then costs one maddubs + madd over its 32 codes:
+//   sum_k x_k (d q_k + mn) ~= d dx sum_k xq_k q_k + mn sum_k x_k.
+// Every output is summed group by group in the same order for any M, so rows stay batch-invariant.
 extern "C" int danlu_q4_linear(const float* x, const uint8_t* w, const uint16_t* d, const uint16_t* mn,
                                const float* bias, float* out, int M, int N, int K, int threads) {
     if (K % 32) return 1;
-    const WidenQ4 widen{w, d, mn};
-    if (M > 1) return linear(x, widen, nullptr, bias, out, M, N, K, threads);
+    const int groups = K / 32;
+    int8_t* xq = (int8_t*)aligned_alloc(32, (size_t)M * K + 32);
+    float* xs = (float*)malloc(sizeof(float) * 2 * (size_t)M * groups);  // dx, then sum x, per group
+    if (!xq || !xs) { free(xq); free(xs); return 2; }
+    for (int m = 0; m < M; m++)
+        for (int g = 0; g < groups; g++) {
+            const float* src = x + (size_t)m * K + g * 32;
+            float amax = 0.0f, sum = 0.0f;
+            for (int k = 0; k < 32; k++) { amax = fmaxf(amax, fabsf(src[k])); sum += src[k]; }
+            const float dx = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            for (int k = 0; k < 32; k++) xq[(size_t)m * K + g * 32 + k] = (int8_t)nearbyintf(src[k] * inv);
+            xs[2 * ((size_t)m * groups + g)] = dx;
+            xs[2 * ((size_t)m * groups + g) + 1] = sum;
+        }
     const int blocks = (N + NB - 1) / NB;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int b = 0; b < blocks; b++) {
         const int n0 = b * NB, nb = N - n0 < NB ? N - n0 : NB;
-        switch (nb) {
-            case 4: q4_single<4>(x, widen, K, n0, bias, out); break;
-            case 3: q4_single<3>(x, widen, K, n0, bias, out); break;
-            case 2: q4_single<2>(x, widen, K, n0, bias, out); break;
-            default: q4_single<1>(x, widen, K, n0, bias, out); break;
+        for (int m0 = 0; m0 < M; m0 += MCHUNK) {
+            const int mc = M - m0 < MCHUNK ? M - m0 : MCHUNK;
+            const int8_t* xm = xq + (size_t)m0 * K;
+            const float* sm = xs + 2 * (size_t)m0 * groups;
+            float* om = out + (size_t)m0 * N;
+            switch (nb) {
+                case 4: q4_rows<4>(xm, sm, w, d, mn, bias, om, mc, N, K, n0); break;
+                case 3: q4_rows<3>(xm, sm, w, d, mn, bias, om, mc, N, K, n0); break;
+                case 2: q4_rows<2>(xm, sm, w, d, mn, bias, om, mc, N, K, n0); break;
+                default: q4_rows<1>(xm, sm, w, d, mn, bias, om, mc, N, K, n0); break;
+            }
         }
     }
+    free(xq);
+    free(xs);
     return 0;
 }
 
