@@ -6,7 +6,9 @@
 //
 // x is float32 (M x K, rows contiguous), out float32 (M x N). int8: w int8 (N x K, one scale per output
 // row). 4-bit (as llama.cpp's Q4_1): per row, K/32 groups of 16 bytes, byte j holding q[j] in its low
-// nibble and q[j + 16] in its high one (q in 0..15), and a float16 step d and offset mn per group.
+// nibble and q[j + 16] in its high one (q in 0..15), and a float16 step d and offset mn per group; the
+// activations are rounded to int8 per group of 32 for integer dot products (see danlu_q4_linear).
+// danlu_add_rms_norm is the residual add + RMSNorm of the lean decode step.
 // Reading one byte per weight instead of four is what speeds up decoding, which streams every weight
 // at every step. Blocks of 4 weight rows are widened to float32 into a small buffer that stays in L1,
 // then multiplied with tiles of 3 activation rows (12 AVX2 accumulators). Each output is one dot
