@@ -1,6 +1,7 @@
 """The decoder engine in-process: greedy parity with `generate` under continuous batching, cancellation,
 and the stop-string detokenizer."""
 
+import copy
 import random
 import threading
 import time
@@ -96,6 +97,7 @@ def test_transformers_forward_gives_the_same_tokens_and_other_models_say_why_the
         assert unsupported(model) == "activation 'gelu'"
     finally:
         model.config.hidden_act = "silu"
+    assert unsupported(copy.deepcopy(model).to(torch.bfloat16)) == "dtype torch.bfloat16 (the lean step computes in float32)"
 
 
 def test_cancel_frees_the_slot_and_full_queue_refuses(model_and_tokenizer):

@@ -16,8 +16,8 @@ forward) use the same memory. For int8 weights each output row is the same dot p
 (danlu's kernel computes rows independently), so stacking changes no bit; for float weights BLAS may sum
 in another order (last-bit differences, as between batch sizes already).
 
-Used for models whose `model_type` is `llama` with the default rotary embedding and SiLU; anything else
-keeps transformers' forward (`LlamaDecodeStep.unsupported` says why).
+Used for float32 models (int8/int4 included) on CPU whose `model_type` is `llama` with the default rotary
+embedding and SiLU; anything else keeps transformers' forward (`unsupported` says why).
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ def unsupported(model) -> str | None:
                 return f"a {kind.__name__} layer (quantized variants keep transformers' forward)"
     if next(model.parameters()).device.type != "cpu":
         return "not on CPU (on CUDA transformers' forward is already one kernel per op)"
+    if model.get_input_embeddings().weight.dtype != torch.float32:
+        # bf16 rounds differently from transformers' RMSNorm (float32 inside) and rotary: greedy parity broke
+        return f"dtype {model.get_input_embeddings().weight.dtype} (the lean step computes in float32)"
     return None
 
 
@@ -124,7 +127,7 @@ class LlamaDecodeStep:
         self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).contiguous()
         self.dtype = self.embed.dtype
         # residual add + RMSNorm in one C call (float32; transformers' RMSNorm is ~8 torch ops)
-        fused = self.dtype == torch.float32 and self.hidden % 8 == 0
+        fused = self.hidden % 8 == 0
         self.add_rms_norm = kernel_function("danlu_add_rms_norm") if fused else None
 
     def _norm(self, h: torch.Tensor, delta: torch.Tensor | None, norm: tuple) -> torch.Tensor:
