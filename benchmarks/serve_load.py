@@ -6,8 +6,8 @@ safetensors; llama.cpp from the packaged GGUF Q4_1 file it came from) through th
 chat prompts, greedy, `max_tokens` 64, streaming. For each level of concurrency (1, 4, 16, 64 clients)
 each server is driven for a fixed time by that many clients that each send one request after another;
 the servers take turns level by level (danlu int8, danlu, llama-server, llama-cpp-python, naive, ...) for
-`--rounds` rounds. danlu runs twice: with int8 weights (`--quantize int8`, danlu's AVX2 kernel; `danlu_int8`)
-and with float32 weights (`danlu`).
+`--rounds` rounds. danlu runs three times: with int8 weights (`--quantize int8`, danlu's AVX2 kernel;
+`danlu_int8`), with 4-bit layers (`--quantize int4`; `danlu_int4`) and with float32 weights (`danlu`).
 
 Reported per server and level (medians over rounds): aggregate output tokens/s (streamed content chunks
 received inside the window; each chunk carries one token on every server), time to first token p50/p99,
@@ -296,7 +296,7 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 300) -> Non
     raise RuntimeError(f"{url} did not start in {timeout} s")
 
 
-DANLU = ("danlu_int8", "danlu")  # danlu serve --quantize int8, and with float weights
+DANLU = ("danlu_int8", "danlu_int4", "danlu")  # danlu serve --quantize int8 / int4, and with float weights
 PEERS = ("llamaserver", "llamacpp", "naive")
 
 
@@ -312,8 +312,8 @@ def start_servers(names: list[str], threads: int, log_dir: Path) -> dict:
         if name in DANLU:
             cmd = [sys.executable, "-m", "danlu", "serve", "smollm2-135m", "--port", str(port), "--threads",
                    str(threads), "--max-batch-size", "64", "--max-queue", "1024"]
-            if name == "danlu_int8":
-                cmd += ["--quantize", "int8"]
+            if name != "danlu":
+                cmd += ["--quantize", name.removeprefix("danlu_")]
             model = "smollm2-135m"
         elif name == "llamacpp":
             cmd = [str(LLAMA_VENV / "bin" / "python"), "-m", "llama_cpp.server", "--model", gguf, "--port", str(port),
@@ -413,7 +413,9 @@ def main() -> None:
                      "naive": "FastAPI + sequential model.generate with TextIteratorStreamer, fp32",
                      "danlu": "danlu serve, --dtype auto (bf16 where native, else fp32), continuous batching",
                      "danlu_int8": "danlu serve --quantize int8: weight-only int8 (per output row) on danlu's AVX2 "
-                                   "kernel, float32 activations, continuous batching"},
+                                   "kernel, float32 activations, continuous batching",
+                     "danlu_int4": "danlu serve --quantize int4: the layers in 4-bit groups of 32 (Q4_1 layout), "
+                                   "the output head int8, float32 activations, continuous batching"},
            "levels": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """The decoder engine in-process: greedy parity with `generate` under continuous batching, cancellation,
 and the stop-string detokenizer."""
 
+import copy
 import random
 import threading
 import time
@@ -43,13 +44,13 @@ def run_all(engine, seqs, timeout=120):
     return events
 
 
-def greedy_in_batches(model, tokenizer, *, count, longest, slots, seed, noise=0):
+def greedy_in_batches(model, tokenizer, *, count, longest, slots, seed, noise=0, lean_step=True):
     """`count` random prompts of 1..`longest` tokens, each decoded greedily for 1..25 new tokens by an engine of
     `slots` slots (so they queue, join and leave) with 16-token prefill chunks (so long prompts are prefilled
     over several steps while others decode), beside `noise` sampled sequences on the same prompts.
     Returns (prompts, the greedy sequences, their events)."""
     engine = DecoderEngine(model, tokenizer, max_batch_size=slots, max_queue=100, max_model_len=512,
-                           prefill_chunk=16)
+                           prefill_chunk=16, lean_step=lean_step)
     engine.start()
     try:
         rng = random.Random(seed)
@@ -80,6 +81,23 @@ def test_greedy_tokens_match_generate_alone_whatever_the_batch(model_and_tokeniz
         last = events[seq.id][-1]
         assert last.completion_tokens == len(reference) and last.prompt_tokens == len(prompt)
         assert last.finish_reason == ("stop" if reference[-1] == tokenizer.eos_token_id else "length")
+
+
+def test_transformers_forward_gives_the_same_tokens_and_other_models_say_why_they_use_it(model_and_tokenizer):
+    """The lean Llama decode step is the default; transformers' forward (models it does not cover) decodes alike."""
+    from danlu.serve.llama_step import unsupported
+
+    model, tokenizer = model_and_tokenizer
+    assert unsupported(model) is None
+    prompts, seqs, _ = greedy_in_batches(model, tokenizer, count=8, longest=40, slots=3, seed=3, lean_step=False)
+    for prompt, seq in zip(prompts, seqs):
+        assert seq.generated == generate_alone(model, prompt, seq.params.max_tokens)
+    model.config.hidden_act = "gelu"
+    try:
+        assert unsupported(model) == "activation 'gelu'"
+    finally:
+        model.config.hidden_act = "silu"
+    assert unsupported(copy.deepcopy(model).to(torch.bfloat16)) == "dtype torch.bfloat16 (the lean step computes in float32)"
 
 
 def test_cancel_frees_the_slot_and_full_queue_refuses(model_and_tokenizer):

@@ -290,7 +290,7 @@ def build_state(args: ServeArgs) -> ServerState:
         batcher = MicroBatcher(run, args.max_batch_size, args.batch_wait_ms, args.max_queue, metrics)
         state = ServerState(name, aliases, kind, metrics, max_model_len, batcher=batcher, task=task)
     state.created = int(time.time())
-    weights = "int8 weights, " if args.quantize == "int8" else ""
+    weights = f"{args.quantize} weights, " if args.quantize != "none" else ""
     print(f"danlu serve: {name} ({kind}, {weights}{str(dtype).removeprefix('torch.')}, {device}, "
           f"{torch.get_num_threads()} threads) from {path}", file=sys.stderr, flush=True)
     return state

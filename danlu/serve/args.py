@@ -30,10 +30,11 @@ class ServeArgs:
     batch_wait_ms: float = arg(5.0, "encoders: how long the first input of a micro-batch waits for company")
     dtype: Literal["auto", "float32", "bfloat16"] = arg(
         "auto", "weights and KV cache; auto = bfloat16 on CUDA with bf16 and on CPUs with AMX, else float32")
-    quantize: Literal["none", "int8"] = arg(
+    quantize: Literal["none", "int8", "int4"] = arg(
         "none", "decoders on CPU: int8 = weight-only int8 (a byte per weight, a scale per output row) for every "
                 "Linear and the output head, run by danlu's AVX2 kernel: SmolLM2-135M decodes 1.5-2x faster "
-                "here, perplexity within 0.3 percent of float32; none = weights as --dtype")
+                "here, perplexity within 0.3 percent of float32; int4 = the layers in 4-bit groups of 32 "
+                "(llama.cpp's Q4_1 layout), the output head int8; none = weights as --dtype")
     device: str = arg("auto", "cpu, cuda, cuda:N; auto = cuda when present")
     threads: int = arg(0, "CPU threads for torch; 0 = one per CPU that other processes leave free (affinity "
                           "mask, cgroup quota and current load decide)")

@@ -22,6 +22,7 @@ import torch
 
 from danlu.serve.cpu_linear import speed_up_linears
 from danlu.serve.kv_cache import SlotKVCache, attention_mask
+from danlu.serve.llama_step import LlamaDecodeStep, unsupported
 from danlu.serve.sampling import SamplingParams, TokenChoice, choose_tokens
 from danlu.serve.text import TextTracker
 from danlu.serve.worker import BackgroundWorker, QueueFull, check_fits
@@ -74,7 +75,7 @@ class DecoderEngine(BackgroundWorker):
     thread_name = "danlu-engine"
 
     def __init__(self, model, tokenizer, *, max_batch_size: int, max_queue: int, max_model_len: int,
-                 prefill_chunk: int, metrics=None):
+                 prefill_chunk: int, metrics=None, lean_step: bool = True):
         super().__init__()
         self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
@@ -91,6 +92,10 @@ class DecoderEngine(BackgroundWorker):
             speed_up_linears(model)
         self.cache = SlotKVCache(config.num_hidden_layers, max_batch_size, kv_heads, head_dim,
                                  max_model_len, self.dtype, self.device)
+        # the decode step: danlu's lean forward for Llama-style models on CPU, else transformers' forward
+        reason = unsupported(model) if lean_step else "turned off"
+        self.decode_forward = None if reason else LlamaDecodeStep(model, self.cache, max_model_len)
+        log.info("decode step: %s", f"transformers' forward ({reason})" if reason else "danlu's lean Llama step")
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -275,6 +280,11 @@ class DecoderEngine(BackgroundWorker):
 
     def _decode_step(self) -> None:
         seqs = list(self.decoding)
+        if self.decode_forward is not None:
+            ids = torch.tensor([seq.generated[-1] for seq in seqs], device=self.device)
+            positions = torch.tensor([seq.cached for seq in seqs], device=self.device)
+            self._sample(seqs, self.decode_forward(ids, positions))
+            return
         ids = torch.tensor([[seq.generated[-1]] for seq in seqs], device=self.device)
         positions = torch.tensor([[seq.cached] for seq in seqs], device=self.device)
         logits = self._forward(ids, positions, None, torch.zeros(len(seqs), dtype=torch.long, device=self.device))

@@ -41,7 +41,8 @@ def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def load_decoder(path: Path, dtype: torch.dtype, device: torch.device, quantize: str = "none"):
     """A causal LM and its tokenizer, in eval mode, cast to `dtype` on `device`; `quantize="int8"` then
-    stores every Linear (the output head too) as weight-only int8 for danlu's CPU kernel.
+    stores every Linear (the output head too) as weight-only int8 for danlu's CPU kernel; `quantize="int4"`
+    stores the layers' Linears as 4-bit groups (`danlu.kernels.int4`) and the output head as int8.
 
     The weights are cast (never autocast: autocast re-casts every weight at every decode step). A
     weight-only int8/int4 variant from `danlu compress` keeps its quantized weights (`dtype` then applies
@@ -49,8 +50,8 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device, quantize:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_safe_weights(path)
-    if quantize == "int8":
-        _check_int8(dtype, device)
+    if quantize in ("int8", "int4"):
+        _check_int8(dtype, device, quantize)
     from danlu.runtime import is_decoder, task_of
 
     if not is_decoder(path):
@@ -67,26 +68,26 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device, quantize:
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
         model.to(device).eval()
-    if quantize == "int8":
+    if quantize in ("int8", "int4"):
         from danlu.kernels.int8 import quantize_linears
 
-        quantize_linears(model, head=True)
+        quantize_linears(model, head=True, bits=4 if quantize == "int4" else 8)
         release_freed_memory()  # the float32 weights just dropped (~400 MB for SmolLM2-135M)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer
 
 
-def _check_int8(dtype: torch.dtype, device: torch.device) -> None:
-    """Refuse `--quantize int8` where it cannot run, before any weights are loaded."""
+def _check_int8(dtype: torch.dtype, device: torch.device, quantize: str = "int8") -> None:
+    """Refuse `--quantize int8/int4` where it cannot run, before any weights are loaded."""
     from danlu.kernels import kernel_error
 
     if device.type != "cpu":
-        raise DanluError(f"--quantize int8 runs on CPU (danlu's AVX2 kernel); on {device} use --dtype bfloat16")
+        raise DanluError(f"--quantize {quantize} runs on CPU (danlu's AVX2 kernel); on {device} use --dtype bfloat16")
     if dtype != torch.float32:
-        raise DanluError("--quantize int8 computes in float32: use it with --dtype float32 or auto")
+        raise DanluError(f"--quantize {quantize} computes in float32: use it with --dtype float32 or auto")
     reason = kernel_error()
     if reason:
-        raise DanluError(f"--quantize int8 needs danlu's CPU kernel, which is unavailable here: {reason}")
+        raise DanluError(f"--quantize {quantize} needs danlu's CPU kernel, which is unavailable here: {reason}")
 
 
 def release_freed_memory() -> None:
