@@ -129,7 +129,7 @@ def main() -> None:
            "hf": hf_rows, "test": data.splits["test"][:opts.test_sentences or None]}
     samples = opts.steps * hp["batch"]
     report = {"model": "minilm-l6", "data": "conll2003 (train; F1 on test, seqeval strict IOB2)",
-              "steps": opts.steps, "samples_per_run": samples, "max_length": opts.max_length, **hp,
+              "steps": opts.steps, "samples_per_run": samples, "test_sentences": len(ctx["test"]), "max_length": opts.max_length, **hp,
               "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu_model(),
               "native_bf16": bf16_is_fast(),
               "featurize_seconds": {"danlu": round(danlu_seconds, 2), "hf": round(hf_seconds, 2)},
