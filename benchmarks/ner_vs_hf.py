@@ -107,7 +107,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from danlu.artifact import resolve_model
+    from danlu.assets import resolve_model
     from danlu.data.ner import load_ner
     from danlu.hardware import bf16_is_fast
     from danlu.tasks import ner
