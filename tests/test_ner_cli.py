@@ -136,3 +136,36 @@ def test_lora_tagger_loads_with_its_own_head(tiny_bert, conll, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     saved = json.loads((out / "danlu.json").read_text())["metrics"]["test"]
     assert json.loads(r.stdout)["accuracy"] == pytest.approx(saved["accuracy"])
+
+
+def test_export_onnx_token_classifier_parity_on_logits_and_entities(tagger, conll, tmp_path):
+    out = tmp_path / "onnx"
+    r = run("export", tagger, "--format", "onnx", "--out", out, "--eval-data", conll)
+    assert r.returncode == 0, r.stderr[-2000:]
+    parity = json.loads((out / "danlu.json").read_text())["metrics"]["parity"]
+    assert parity["examples"] == 12 and parity["max_abs_output_diff"] < 1e-4
+    assert parity["prediction_agreement"] == 1.0  # the same entity spans from both
+    text = "Joe Biden met friends in Tokyo ."
+    torch_rows = json.loads(run("predict", tagger, text, "--json").stdout)
+    onnx_rows = json.loads(run("predict", out, text, "--json").stdout)
+    spans = lambda row: [(e["type"], e["start"], e["end"]) for e in row["entities"]]  # noqa: E731
+    assert spans(onnx_rows) == spans(torch_rows) == [("PER", 0, 9), ("LOC", 25, 30)]
+
+
+def test_compress_token_classifier_measures_entity_f1(tagger, conll, tmp_path):
+    out = tmp_path / "compress"
+    r = run("compress", tagger, "--eval-data", conll, "--out", out, "--methods", "int8-dynamic", "onnx-int8",
+            "prune-structured", "distill", "--repeats", "1", "--latency-samples", "2", "--throughput-batches", "1",
+            "--train-max-steps", "2", "--calibration-samples", "16", "--max-accuracy-drop", "100")
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "ner" and results["quality_metric"] == "f1"
+    rows = {row["variant"]: row for row in results["rows"]}
+    for name in ("original", "int8-dynamic", "onnx-int8", "prune-structured"):
+        assert rows[name]["status"] == "ok", rows[name].get("reason")
+        assert rows[name]["quality"] == rows[name]["f1"] and 0 <= rows[name]["f1"] <= 1
+    assert rows["original"]["f1"] >= 0.9 and rows["int8-dynamic"]["accuracy_drop"] < 10
+    assert rows["distill"]["status"] == "skipped" and "classify" in rows["distill"]["reason"]
+    assert "| variant | status | f1 | drop (pts) |" in (out / "report.md").read_text()
+    evaluated = json.loads(run("evaluate", out / "variants" / "int8-dynamic", "--data", conll, "--json").stdout)
+    assert evaluated["f1"] == pytest.approx(rows["int8-dynamic"]["f1"])
