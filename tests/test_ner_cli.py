@@ -169,3 +169,20 @@ def test_compress_token_classifier_measures_entity_f1(tagger, conll, tmp_path):
     assert "| variant | status | f1 | drop (pts) |" in (out / "report.md").read_text()
     evaluated = json.loads(run("evaluate", out / "variants" / "int8-dynamic", "--data", conll, "--json").stdout)
     assert evaluated["f1"] == pytest.approx(rows["int8-dynamic"]["f1"])
+
+
+def test_onnx_export_keeps_the_entities(tagger, tmp_path):
+    out = tmp_path / "onnx"
+    r = run("export", tagger, "--format", "onnx", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "prediction agreement 1.0000" in r.stdout + r.stderr
+    texts = ["Olaf Scholz met friends in Berlin.", "Angela Merkel met friends in New York."]
+    rows = {}
+    for folder in (tagger, out):
+        r = run("predict", folder, *texts, "--json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows[folder] = [json.loads(line) for line in r.stdout.splitlines()]
+    from danlu.tasks import ner
+
+    assert [ner.decision(x) for x in rows[out]] == [ner.decision(x) for x in rows[tagger]]
+    assert rows[out][0]["entities"][0]["text"] == "Olaf Scholz"
