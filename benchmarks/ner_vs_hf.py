@@ -107,7 +107,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from danlu.artifact import resolve_model
+    from danlu.assets import resolve_model
     from danlu.data.ner import load_ner
     from danlu.hardware import bf16_is_fast
     from danlu.tasks import ner
@@ -129,7 +129,7 @@ def main() -> None:
            "hf": hf_rows, "test": data.splits["test"][:opts.test_sentences or None]}
     samples = opts.steps * hp["batch"]
     report = {"model": "minilm-l6", "data": "conll2003 (train; F1 on test, seqeval strict IOB2)",
-              "steps": opts.steps, "samples_per_run": samples, "max_length": opts.max_length, **hp,
+              "steps": opts.steps, "samples_per_run": samples, "test_sentences": len(ctx["test"]), "max_length": opts.max_length, **hp,
               "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu_model(),
               "native_bf16": bf16_is_fast(),
               "featurize_seconds": {"danlu": round(danlu_seconds, 2), "hf": round(hf_seconds, 2)},
@@ -150,6 +150,8 @@ def main() -> None:
                 print(f"[{precision} round {round_ + 1}] {name:<11} {samples / seconds:7.1f} samples/s "
                       f"({seconds:.1f} s)  test F1 {f1[name][-1]:.4f}  load {os.getloadavg()[0]:.1f}", flush=True)
                 del model
+                report["precisions"][precision] = {"partial": True, "samples_per_second": speed, "test_f1": f1}
+                write(report, opts.output)  # so far: a run cut short still leaves its measurements
         peers = [n for n in ("hf", "hf-grouped") if n in systems]
         entry = {
             "samples_per_second": {n: [round(x, 2) for x in v] for n, v in speed.items()},
@@ -172,9 +174,13 @@ def main() -> None:
                   flush=True)
         report["precisions"][precision] = entry
     report["load_average_at_end"] = os.getloadavg()
-    Path(opts.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.output).write_text(json.dumps(report, indent=2) + "\n")
+    write(report, opts.output)
     print(f"wrote {opts.output}")
+
+
+def write(report: dict, output: str) -> None:
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
