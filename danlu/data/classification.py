@@ -7,6 +7,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from danlu.data.splits import complete_splits
 from danlu.data.tables import TABLE_SUFFIXES, read_table
 from danlu.errors import DanluError, did_you_mean
 
@@ -178,16 +179,7 @@ def load_classification(data: str, text_column: str = "text", label_column: str 
         if unseen:
             raise DanluError(f"{data}: {split} split has labels not in train: {', '.join(unseen)}")
 
-    split_info = {"seed": seed, "given": sorted(given) + ["train"]}
-    if "validation" in given and "test" in given:
-        splits = {"train": whole, **given}
-    else:
-        val_share = 0.0 if "validation" in given else val_ratio
-        test_share = 0.0 if "test" in given else test_ratio
-        train, val, test = _split_some(whole, seed, val_share, test_share)
-        splits = {"train": train, "validation": given.get("validation", val), "test": given.get("test", test)}
-        split_info.update({"val_ratio": val_share, "test_ratio": test_share})
-    split_info["sizes"] = {s: len(e) for s, e in splits.items()}
+    splits, split_info = complete_splits(whole, given, seed, val_ratio, test_ratio, _split_some)
     return LabelledData(splits, labels, str(data), fingerprint_files(files), split_info)
 
 

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from danlu.data.splits import complete_splits
 from danlu.errors import DanluError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
@@ -248,15 +249,7 @@ def load_ner(data: str, seed: int = 42, val_ratio: float = 0.1, test_ratio: floa
         files = [path]
     whole = given.pop("train")
 
-    split_info: dict = {"seed": seed, "given": sorted(given) + ["train"], "tag_scheme": sorted(schemes)}
-    if "validation" in given and "test" in given:
-        splits = {"train": whole, **given}
-    else:
-        val_share = 0.0 if "validation" in given else val_ratio
-        test_share = 0.0 if "test" in given else test_ratio
-        train, val, test = split_sentences(whole, seed, val_share, test_share)
-        splits = {"train": train, "validation": given.get("validation", val), "test": given.get("test", test)}
-        split_info.update({"val_ratio": val_share, "test_ratio": test_share})
-    split_info["sizes"] = {s: len(e) for s, e in splits.items()}
+    splits, split_info = complete_splits(whole, given, seed, val_ratio, test_ratio, split_sentences)
+    split_info["tag_scheme"] = sorted(schemes)
     labels = tag_labels([s for part in splits.values() for s in part])
     return TaggedData(splits, labels, str(data), fingerprint_files(files), split_info)
