@@ -125,5 +125,6 @@ def assets_command(args: AssetsArgs) -> list[dict]:
     rows = assets.list_assets()
     for r in rows:
         print(f"{r['name']:<16}{r['kind']:<7}{'installed' if r['installed'] else 'missing':<11}"
-              f"{r['path'] or 'danlu assets install ' + r['name']}")
+              f"{r['path'] or 'danlu assets install ' + r['name']}"
+              + (f"  ({r['note']})" if r.get("note") else ""))
     return rows
