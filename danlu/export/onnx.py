@@ -228,6 +228,10 @@ def parity_check(parent: Path, onnx_folder: Path, texts: list[str], max_length: 
 
 def export_command(args) -> dict:
     """Library function of `danlu export`: write the ONNX artifact and print the parity check."""
+    if args.format == "gguf":
+        from danlu.export.gguf import export_gguf
+
+        return export_gguf(args.artifact, args.out, "q8_0" if args.quantize == "none" else args.quantize)
     from danlu.artifact import atomic_dir, read_manifest, resolve_model, update_metrics, write_manifest
     from danlu.compress.job import NotApplicable
     from danlu.evaluate.classify import load_classifier
