@@ -33,9 +33,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "finetune_vs_hf.json"
 def load_features(max_length: int):
     from transformers import AutoTokenizer
 
-    from danlu.artifact import resolve_model
+    from danlu.assets import resolve_model
     from danlu.data.classification import load_classification
-    from danlu.evaluate.classify import encode
+    from danlu.tasks.classify import encode
 
     model_path = resolve_model("minilm-l6")
     data = load_classification("rotten-tomatoes")
@@ -60,7 +60,7 @@ def fresh_model(model_path, labels, seed):
 
 def run_danlu(ctx, steps, bf16, hp) -> tuple[float, torch.nn.Module]:
     from danlu.config import TrainArgs
-    from danlu.finetune.classify import ClassificationObjective
+    from danlu.tasks.classify import ClassificationObjective
     from danlu.train.loop import train
 
     model = fresh_model(ctx["model_path"], ctx["data"].labels, hp["seed"])
@@ -108,7 +108,7 @@ def run_hf(ctx, steps, bf16, hp, grouped: bool) -> tuple[float, torch.nn.Module]
 
 
 def validation_accuracy(ctx, model, max_length) -> float:
-    from danlu.evaluate.classify import score
+    from danlu.tasks.classify import score_texts as score
 
     model.eval()
     val = ctx["data"].splits["validation"]

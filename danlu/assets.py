@@ -174,3 +174,20 @@ def list_assets() -> list[dict]:
                      "package": asset.package, "path": where, "description": asset.description,
                      "note": asset.note})
     return rows
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """A packaged model name or a local folder -> a folder `from_pretrained` opens (safetensors only)."""
+    from danlu.artifact import check_safe_weights
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
+            raise DanluError(f"{path} is not a model folder (no config.json or adapter_config.json)")
+        check_safe_weights(path)
+        return path
+    if name_or_path in ASSETS and ASSETS[name_or_path].kind == "model":
+        return install(name_or_path, quiet=True)
+    known = [a.name for a in ASSETS.values() if a.kind == "model"]
+    raise DanluError(f"unknown model {name_or_path!r}: not a folder nor a packaged model"
+                     f"{did_you_mean(name_or_path, known)}")

@@ -13,7 +13,7 @@ drawn (seeded) from the train split:
 
 The shared part (instruction and demonstrations) is run once and its KV cache reused by every batch.
 The predicted label is the one whose word is likeliest; accuracy and macro-F1 are computed as for a
-fine-tuned classifier (danlu.evaluate.classify.classification_metrics), so the two read side by side.
+fine-tuned classifier (danlu.tasks.classify.classification_metrics), so the two read side by side.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 
 from danlu.errors import DanluError
-from danlu.evaluate.classify import classification_metrics
+from danlu.tasks.classify import classification_metrics
 
 
 @dataclass
@@ -147,20 +147,19 @@ def fewshot_scores(model, tokenizer, texts: Sequence[str], true: Sequence[str], 
     return results
 
 
+def _columns(examples) -> tuple[list[str], list[str]]:
+    return [text for text, _ in examples], [label for _, label in examples]
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
 def format_fewshot(results: dict[int, dict], split: str = "test") -> str:
-    """One table per k, as `danlu evaluate` prints a fine-tuned classifier's metrics."""
-    lines = []
-    for k, m in results.items():
-        lines.append(f"{k}-shot {split}: {m['examples']} examples  accuracy {m['accuracy']:.4f}  "
-                     f"macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}")
-        lines.append(f"{'label':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
-        for label, c in m["per_class"].items():
-            lines.append(f"{label:<14}{c['precision']:>10.3f}{c['recall']:>10.3f}{c['f1']:>10.3f}{c['support']:>9}")
-    return "\n".join(lines)
+    """One table per k, exactly as `danlu evaluate` prints a fine-tuned classifier's metrics."""
+    from danlu.tasks.classify import format_metrics
+
+    return "\n".join(format_metrics({**m, "split": f"{k}-shot {split}"}) for k, m in results.items())
 
 
 def parse_shots(spec: str) -> list[int]:
@@ -180,21 +179,21 @@ def evaluate_fewshot(model_name: str, data: str, shots: str, label_words: str = 
     on a classification data set (split seeded as for fine-tuning); metrics per k."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from danlu.artifact import resolve_model
-    from danlu.data.classification import load_classification
+    from danlu.assets import resolve_model
+    from danlu.tasks import get_task
+    from danlu.tasks.base import DataSpec
 
     ks = parse_shots(shots)
-    loaded = load_classification(data, seed=seed)
+    loaded = get_task("classify").load_data(DataSpec(data, seed))
     words = parse_label_words(label_words, loaded.labels)
     path = resolve_model(model_name)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    test, train = loaded.splits[split], loaded.splits["train"]
-    texts, true = test.texts, test.labels
+    (texts, true), (train_texts, train_labels) = (_columns(loaded.splits[split]), _columns(loaded.splits["train"]))
     if max_examples and len(texts) > max_examples:
         picked = sorted(random.Random(seed).sample(range(len(texts)), max_examples))
         texts, true = [texts[i] for i in picked], [true[i] for i in picked]
-    results = fewshot_scores(model, tokenizer, texts, true, train.texts, train.labels, loaded.labels, ks,
+    results = fewshot_scores(model, tokenizer, texts, true, train_texts, train_labels, loaded.labels, ks,
                              words, seed, progress="" if quiet else "scoring")
     if not quiet:
         print(format_fewshot(results, split))

@@ -209,7 +209,8 @@ PARITY_TEXTS = ["The capital of France is", "def fibonacci(n):\n    if n < 2:", 
 def export_gguf(artifact: str, out: str, quantize: str = "q8_0", check: bool = True) -> dict:
     """`danlu export ART --out OUT --format gguf [--quantize q8_0|q4_0|f16|f32]`: OUT/model.gguf and
     danlu.json (with the round-trip parity), written atomically."""
-    from danlu.artifact import atomic_dir, read_manifest, resolve_model, write_manifest
+    from danlu.artifact import atomic_dir, read_manifest, write_manifest
+    from danlu.assets import resolve_model
 
     parent = resolve_model(artifact)
     if (parent / "adapter_config.json").exists():

@@ -18,6 +18,7 @@ TASKS: dict[str, str] = {
     "classify": "danlu.tasks.classify",
     "ner": "danlu.tasks.ner",
     "sft": "danlu.tasks.sft",
+    "causal-lm": "danlu.tasks.causal_lm",
 }
 
 

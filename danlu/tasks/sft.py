@@ -26,6 +26,10 @@ HEAD = "AutoModelForCausalLM"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 ROUTE = None
 ONNX_OUTPUTS = ("logits",)
+KIND = "decoder"
+OPTIONS = ("loss_on", "packing", "chat_template")  # FinetuneArgs fields, recorded in danlu.json
+EVALUATE_OPTIONS = ("max_new_tokens", "samples")  # EvaluateArgs fields (not recorded)
+TRAIN_METRICS = ("neg_loss", "loss", "perplexity", "token_accuracy")
 IGNORE = -100
 DEFAULT_MAX_NEW_TOKENS = 64
 
@@ -237,9 +241,11 @@ def generate(model, tokenizer, prompts: Sequence[Conversation], max_new_tokens: 
 
 
 def score(model, tokenizer, examples: Sequence[Conversation], labels: list[str], max_length: int,
-          progress: str = "", max_new_tokens: int = 0, samples: int = 0) -> dict[str, Any]:
+          progress: str = "", max_new_tokens: int = 0, samples: int = 0, chat_template: str = "",
+          **_: Any) -> dict[str, Any]:
     """Assistant-token loss, perplexity and token accuracy; with max_new_tokens > 0 also ROUGE-1/2/L of
     greedy answers to each last user turn against the reference answer, and `samples` triples."""
+    use_chat_template(tokenizer, chat_template if not getattr(tokenizer, "chat_template", None) else "")
     metrics: dict[str, Any] = token_loss(model, tokenizer, examples, max_length, progress=progress)
     metrics.update(examples=len(examples), neg_loss=-metrics["loss"])
     if max_new_tokens > 0 and examples:
@@ -255,14 +261,20 @@ def score(model, tokenizer, examples: Sequence[Conversation], labels: list[str],
 
 
 def predict(model, tokenizer, inputs: Sequence[Any], labels: list[str], max_length: int,
-            batch_size: int = 8, max_new_tokens: int = 128) -> list[dict[str, Any]]:
+            batch_size: int = 8, max_new_tokens: int = 128, progress: str = "", chat_template: str = "",
+            **_: Any) -> list[dict[str, Any]]:
     """The greedy answer to each input (a conversation, or a text taken as one user turn)."""
+    use_chat_template(tokenizer, chat_template if not getattr(tokenizer, "chat_template", None) else "")
     prompts = [[{"role": "user", "content": x}] if isinstance(x, str) else list(x) for x in inputs]
     return [{"generation": answer}
-            for answer in generate(model, tokenizer, prompts, max_new_tokens, max_length, batch_size)]
+            for answer in generate(model, tokenizer, prompts, max_new_tokens, max_length, batch_size, progress)]
 
 
-def read_inputs(texts: list[str], input_file: str) -> list[Any]:
+def decision(result: dict[str, Any]) -> str:
+    return result["generation"]
+
+
+def read_inputs(texts: list[str], input_file: str, **_: Any) -> list[Any]:
     """Texts (one user turn each), and --input FILE: a .txt of one prompt per line or chat/Alpaca rows."""
     inputs: list[Any] = list(texts)
     if input_file:
