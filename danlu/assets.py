@@ -53,6 +53,9 @@ ASSETS: dict[str, Asset] = {
         Asset("alpaca-zh", "data", "llamafactory", "llamafactory", "data/alpaca_zh_demo.json",
               "1,000 Chinese instruction/response pairs (chat SFT)", sdist="llamafactory==0.9.5",
               note=_ALPACA_TERMS),
+        Asset("xsum-sample", "data", "bigbench", "bigbench", "bigbench/benchmark_tasks/gem/xsum/task.json",
+              "1,001 BBC article/one-sentence summary pairs from XSum (summarization; a 358 MB download, "
+              "installed only when asked for)", sdist="bigbench==1.0.0"),
     ]
 }
 

@@ -75,3 +75,16 @@ def test_packaged_alpaca_sizes():
     data = load_chat("alpaca-zh")
     assert sum(data.split_info["sizes"].values()) == 1000
     assert all(m[-1]["role"] == "assistant" for m in data.splits["train"])
+
+
+def test_summarization_rows_from_a_bigbench_task_file(tmp_path):
+    from danlu.data.chat import _bigbench_rows, row_conversation
+
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps({"examples": [{"input": "Storms hit the coast.", "target": ["Coast hit."]},
+                                             {"input": "Prices rose.", "target": "Inflation."}]}))
+    rows = _bigbench_rows(path)
+    assert rows == [{"document": "Storms hit the coast.", "summary": "Coast hit."},
+                    {"document": "Prices rose.", "summary": "Inflation."}]
+    conversation = row_conversation(rows[0], "x")
+    assert conversation[0]["content"].startswith("Summarize") and conversation[1]["content"] == "Coast hit."

@@ -24,7 +24,7 @@ Conversation = list[Message]
 
 ROLES = ("system", "user", "assistant")
 SUMMARY_PROMPT = "Summarize the following text in one sentence.\n\n{document}"
-PACKAGED = ("alpaca-en", "alpaca-zh")
+PACKAGED = ("alpaca-en", "alpaca-zh", "xsum-sample")
 SUFFIXES = (".json", ".jsonl")
 
 
@@ -143,6 +143,16 @@ def read_conversations(path: str | Path, summary_prompt: str = SUMMARY_PROMPT) -
     return rows
 
 
+def _bigbench_rows(path: Path) -> list[dict]:
+    """A BIG-bench task.json's examples ({"input", "target"}) as (document, summary) rows."""
+    examples = json.loads(path.read_text(encoding="utf-8")).get("examples") or []
+    rows = []
+    for example in examples:
+        target = example.get("target")
+        rows.append({"document": example.get("input"), "summary": target[0] if isinstance(target, list) else target})
+    return rows
+
+
 def _source_file(data: str) -> Path:
     path = Path(data).expanduser()
     if data in PACKAGED and not path.exists():
@@ -175,7 +185,11 @@ def load_chat(data: str, seed: int = 42, val_ratio: float = 0.1, test_ratio: flo
     from danlu.artifact import fingerprint_files
 
     path = _source_file(data)
-    conversations = read_conversations(path, summary_prompt)
+    if data == "xsum-sample" and path.name == "task.json":
+        conversations = [row_conversation(row, f"{path}: example {i + 1}", summary_prompt)
+                         for i, row in enumerate(_bigbench_rows(path))]
+    else:
+        conversations = read_conversations(path, summary_prompt)
     index = seeded_split(len(conversations), seed, val_ratio, test_ratio)
     if max_train_examples and len(index["train"]) > max_train_examples:
         index["train"] = sorted(random.Random(seed).sample(index["train"], max_train_examples))
