@@ -21,14 +21,14 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sft")
     data = folder / "chat.jsonl"
     with open(data, "w") as f:
-        for i in range(60):
+        for i in range(30):
             q = QUESTIONS[i % len(QUESTIONS)]
             f.write(json.dumps({"messages": [{"role": "user", "content": q},
                                              {"role": "assistant", "content": ANSWER}]}) + "\n")
     out = folder / "chat"
     finetune(FinetuneArgs(model="smollm2-135m", data=str(data), out=str(out), task="sft", lora=True, lora_r=8,
                           lora_alpha=32, max_length=64,
-                          train=TrainArgs(max_steps=16, lr=3e-3, batch_size=8, warmup_ratio=0.0, eval_every=8)))
+                          train=TrainArgs(max_steps=8, lr=3e-3, batch_size=8, warmup_ratio=0.0, eval_every=8)))
     return out
 
 
