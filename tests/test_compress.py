@@ -34,9 +34,9 @@ def crash(job):
 
 @pytest.fixture(scope="module")
 def search(classifier, sentiment_csv, tmp_path_factory):
-    from danlu.compress import search as search_module
+    from danlu.compress import methods as methods_module
 
-    search_module.METHODS["boom"] = (__name__, "crash")
+    methods_module.METHODS["boom"] = (__name__, "crash")
     out = tmp_path_factory.mktemp("search") / "out"
     code = main(["compress", str(classifier), "--eval-data", str(sentiment_csv), "--out", str(out),
                  "--methods", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8", "int4-weight-only", "boom", "boom+bf16",
@@ -44,7 +44,7 @@ def search(classifier, sentiment_csv, tmp_path_factory):
                  "prune-structured+int8-dynamic", "--repeats", "1", "--latency-samples", "2", "--throughput-batches", "1", "--train-max-steps", "3",
                  "--distill-layers", "1", "--hidden-weight", "0.5", "--calibration-samples", "32",
                  "--max-accuracy-drop", "100", "--objective", "size"])
-    del search_module.METHODS["boom"]
+    del methods_module.METHODS["boom"]
     assert code == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -126,7 +126,7 @@ def test_objectives_pick_different_rows(tmp_path):
     from danlu.compress.search import _finish
 
     def row(name, accuracy, latency, throughput, size):
-        return {"variant": name, "method": name, "status": "ok", "path": str(tmp_path / name), "accuracy": accuracy,
+        return {"variant": name, "method": name, "status": "ok", "path": str(tmp_path / name), "quality": accuracy,
                 "latency_ms": latency, "throughput": throughput, "size_mb": size}
 
     rows = [row("original", 0.90, 10, 100, 40), row("fast", 0.895, 2, 150, 30), row("wide", 0.893, 5, 400, 20),
@@ -140,9 +140,9 @@ def test_objectives_pick_different_rows(tmp_path):
 
 
 def test_no_variant_within_budget_keeps_the_original_and_exits_0(classifier, sentiment_csv, tmp_path, capsys, monkeypatch):
-    from danlu.compress import search as search_module
+    from danlu.compress import methods as methods_module
 
-    monkeypatch.setitem(search_module.METHODS, "flip", (__name__, "flip_labels"))
+    monkeypatch.setitem(methods_module.METHODS, "flip", (__name__, "flip_labels"))
     code = main(["compress", str(classifier), "--eval-data", str(sentiment_csv), "--out", str(tmp_path / "o"),
                  "--methods", "flip", "--repeats", "1", "--latency-samples", "1", "--throughput-batches", "1"])
     assert code == 0

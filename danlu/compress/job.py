@@ -27,8 +27,8 @@ class CompressJob:
     out: Path  # where this variant's artifact goes
     data: TaskData  # train/validation/test splits, the same ones the parent was fine-tuned on
     labels: list[str]  # the parent's label names, in id order
-    task: str = "classify"  # the parent's task (danlu/tasks): its objective trains and its score measures
     max_length: int  # the parent's max input length
+    task: str = "classify"  # the parent's task (danlu/tasks): its objective trains and its score measures
     calibration_samples: int = 256  # texts for calibration (static quantization, importance scores)
     seed: int = 42
     threads: int = 0  # torch / onnxruntime intra-op threads; 0 = library default

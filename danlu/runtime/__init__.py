@@ -77,7 +77,13 @@ def load_model(path: Path, attn: str = "sdpa"):
 
         return load_variant_model(path, attn=attn)
     if (path / "adapter_config.json").exists():
-        return auto_class(path, peft=True).from_pretrained(str(path)).merge_and_unload().eval()
+        # The base model is built from its own folder: give it the artifact's label count, or a head over
+        # other labels than the base config's (9 NER tags on MiniLM's default 2) refuses the saved head.
+        labels = manifest.labels or []
+        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
+        return auto_class(path, peft=True).from_pretrained(str(path), **(head if labels else {})
+                                                           ).merge_and_unload().eval()
     return auto_class(path).from_pretrained(str(path), attn_implementation=attn).eval()
 
 
