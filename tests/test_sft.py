@@ -137,3 +137,36 @@ def test_rouge_on_known_pairs():
     assert rouge(["running dogs"], ["the dog runs"])["rouge1"] == pytest.approx(0.8)  # stemmed: run, dog
     zh = rouge(["猫坐在垫子上"], ["猫在垫子上"])  # characters as tokens: 5 of 6 and 5 of 5 match
     assert zh["rouge1"] == pytest.approx(2 * (5 / 6) * 1 / (5 / 6 + 1))
+
+
+def _danlu(*args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, "-m", "danlu", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_finetune_bad_input_is_one_line_exit_2_nothing_written(tiny_llama, tmp_path):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": CHAT[1:3]}) + "\n" + json.dumps({"messages": CHAT[1:2]}) + "\n")
+    result = _danlu("finetune", "--task", "sft", "--model", tiny_llama, "--data", bad, "--out", tmp_path / "a")
+    assert result.returncode == 2 and result.stderr.strip().endswith(f"error: {bad}:2: no assistant turn (nothing to learn from)")
+    # a tokenizer without a chat template
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_llama, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"messages": CHAT}) + "\n" for _ in range(10)))
+    result = _danlu("finetune", "--task", "sft", "--model", bare, "--data", good, "--out", tmp_path / "b")
+    assert result.returncode == 2 and "no chat template; give one with --chat-template FILE" in result.stderr
+    assert not any(p.name.startswith(("a", "b")) for p in tmp_path.iterdir() if p.is_dir() and p.name != "bare")
