@@ -88,3 +88,12 @@ def test_summarization_rows_from_a_bigbench_task_file(tmp_path):
                     {"document": "Prices rose.", "summary": "Inflation."}]
     conversation = row_conversation(rows[0], "x")
     assert conversation[0]["content"].startswith("Summarize") and conversation[1]["content"] == "Coast hit."
+
+
+def test_assets_list_states_the_alpaca_terms():
+    from danlu.assets import list_assets
+
+    rows = {r["name"]: r for r in list_assets()}
+    for name in ("alpaca-en", "alpaca-zh"):
+        assert "non-commercial" in rows[name]["note"] and rows[name]["kind"] == "data"
+    assert rows["xsum-sample"]["note"] == "" and "only when asked" in rows["xsum-sample"]["description"]
