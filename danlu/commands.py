@@ -32,6 +32,11 @@ class EvaluateArgs:
     split: str = arg("test", "which split to score: train, validation or test")
     output: str = arg("", "where to write the JSON (default: ARTIFACT/eval-SPLIT.json)")
     json: bool = arg(False, "print only the JSON on stdout")
+    task: str = arg("", "with --shots: classify, scored by prompting a decoder")
+    shots: str = arg("", "few-shot prompting baseline of a decoder: demonstration counts, e.g. 0,1,5 (--task classify)")
+    label_words: str = arg("", "with --shots: a word per label, e.g. fresh=good,rotten=bad (default: the label names)")
+    max_new_tokens: int = arg(64, "sft/causal-lm: at most this many greedy tokens per answer, for ROUGE (0: loss only)")
+    samples: int = arg(0, "sft/causal-lm: write this many prompt/reference/generation triples to the report")
 
 
 @dataclass
@@ -76,6 +81,8 @@ def evaluate(args: EvaluateArgs) -> dict:
 
     if args.split not in SPLITS:
         raise DanluError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+    if args.shots:
+        return _evaluate_fewshot(args)
     loaded = load(args.artifact)
     task = get_task(loaded.task)
     recorded = loaded.manifest.args
@@ -84,7 +91,8 @@ def evaluate(args: EvaluateArgs) -> dict:
     if not len(examples):
         raise DanluError(f"{args.data}: the {args.split} split is empty")
     scores = task.score(loaded.model, loaded.tokenizer, examples, loaded.labels, loaded.max_length,
-                        progress="" if args.json else f"evaluating {args.split}", **_task_options(task, recorded))
+                        progress="" if args.json else f"evaluating {args.split}", **_task_options(task, recorded),
+                        **{name: getattr(args, name) for name in getattr(task, "EVALUATE_OPTIONS", ())})
     metrics = {"artifact": str(loaded.path), "task": task.NAME, "data": args.data, "split": args.split,
                "primary_metric": task.PRIMARY_METRIC, **scores}
     output = Path(args.output or loaded.path / f"eval-{args.split}.json")
@@ -98,6 +106,20 @@ def evaluate(args: EvaluateArgs) -> dict:
         print(task.format_metrics(metrics))
         print(f"wrote {output} and {page}")
     return metrics
+
+
+def _evaluate_fewshot(args: EvaluateArgs) -> dict:
+    from danlu.artifact import atomic_write_text
+    from danlu.evaluate.fewshot import evaluate_fewshot
+
+    if args.task != "classify":
+        raise DanluError("--shots needs --task classify (few-shot prompting of a decoder on labelled texts)")
+    result = evaluate_fewshot(args.artifact, args.data, args.shots, args.label_words, args.split, quiet=args.json)
+    if args.output:
+        atomic_write_text(Path(args.output), json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+    return result
 
 
 def assets_command(args: AssetsArgs) -> list[dict]:

@@ -43,11 +43,18 @@ def stage_table():
 
         return pretrain_model(args)
 
+    def merge(args):
+        from danlu.finetune.run import merge_lora
+
+        return merge_lora(args.artifact, args.out)
+
     from danlu.data.prepare import PrepareArgs
+    from danlu.finetune.args import MergeArgs
     from danlu.pretrain.args import PretrainArgs
 
     return {"prepare": (PrepareArgs, prepare), "pretrain": (PretrainArgs, pretrain),
-            "finetune": (FinetuneArgs, finetune), "evaluate": (EvaluateArgs, evaluate)}
+            "finetune": (FinetuneArgs, finetune), "merge": (MergeArgs, merge),
+            "evaluate": (EvaluateArgs, evaluate)}
 
 
 def load_recipe(path: str | Path) -> dict:

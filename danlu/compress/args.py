@@ -80,13 +80,16 @@ class CompressArgs:
 class ExportArgs:
     """Export a fine-tuned task artifact to ONNX, optimise the graph for ONNX Runtime, check parity."""
 
-    artifact: str = arg(help="a fine-tuned encoder task artifact (classify, ner, ...)", positional=True)
+    artifact: str = arg(help="a task artifact (onnx: a fine-tuned encoder, classify, ner ...; gguf: a Llama decoder)",
+                        positional=True)
     out: str = arg(help="folder for the ONNX artifact (model.onnx, config, tokenizer, danlu.json)")
-    format: Literal["onnx"] = arg("onnx", "export format")
+    format: Literal["onnx", "gguf"] = arg("onnx", "export format (gguf: a Llama decoder for llama.cpp)")
     optimize: int = arg(99, "offline graph optimisation: 0 none (the session still applies ONNX Runtime's "
                             "defaults on load), 1 basic, 2 extended, 99 all; 1 and above also run the "
                             "transformer fusions (attention, LayerNorm, GELU)")
-    quantize: Literal["none", "int8"] = arg("none", "int8: dynamic int8 quantization of the optimised graph")
+    quantize: Literal["none", "int8", "q8_0", "q4_0", "f16", "f32"] = arg(
+        "none", "onnx: int8 = dynamic int8 quantization of the optimised graph; gguf: q8_0, q4_0, f16 or f32 "
+                "(none = q8_0)")
     eval_data: str = arg("", "data whose test split checks prediction agreement with PyTorch "
                              "(default: the artifact's own fine-tuning data where it is recorded)")
     parity_samples: int = arg(256, "test examples compared with PyTorch (0 = all)")
@@ -97,3 +100,6 @@ class ExportArgs:
         check(self.optimize in (0, 1, 2, 99), "--optimize", f"must be one of 0, 1, 2, 99, got {self.optimize}")
         check(self.parity_samples >= 0, "--parity-samples", f"must be >= 0, got {self.parity_samples}")
         check(self.opset >= 14, "--opset", f"must be >= 14, got {self.opset}")
+        allowed = ("none", "int8") if self.format == "onnx" else ("none", "q8_0", "q4_0", "f16", "f32")
+        check(self.quantize in allowed, "--quantize",
+              f"must be one of {', '.join(allowed)} with --format {self.format}, got {self.quantize}")

@@ -216,6 +216,10 @@ def parity_check(parent: Path, onnx_folder: Path, task, examples: list, labels: 
 
 def export_command(args) -> dict:
     """Library function of `danlu export`: write the ONNX artifact and print the parity check."""
+    if args.format == "gguf":
+        from danlu.export.gguf import export_gguf
+
+        return export_gguf(args.artifact, args.out, "q8_0" if args.quantize == "none" else args.quantize)
     from danlu.artifact import Manifest, atomic_dir, update_metrics, write_manifest
     from danlu.assets import resolve_model
     from danlu.compress.job import NotApplicable

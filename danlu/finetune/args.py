@@ -33,6 +33,9 @@ class FinetuneArgs:
     lora_dropout: float = arg(0.05, "dropout on the LoRA path")
     resume: bool = arg(False, "continue a killed run from its last checkpoint in OUT.run/")
     overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")
+    loss_on: str = arg("assistant", "sft: which tokens carry the loss: assistant (the answers) or all")
+    packing: bool = arg(False, "sft: pack short examples into --max-length items (no attention across them)")
+    chat_template: str = arg("", "sft: a Jinja chat template file, for a tokenizer without one (or to replace it)")
     train: TrainArgs = arg(default_factory=TrainArgs)
 
     def __post_init__(self) -> None:
@@ -44,6 +47,7 @@ class FinetuneArgs:
         check(0 < self.val_ratio < 0.5, "--val-ratio", f"must be in (0, 0.5), got {self.val_ratio}")
         check(0 < self.test_ratio < 0.5, "--test-ratio", f"must be in (0, 0.5), got {self.test_ratio}")
         check(self.lora_r >= 1, "--lora-r", f"must be >= 1, got {self.lora_r}")
+        check(self.loss_on in ("assistant", "all"), "--loss-on", f"must be assistant or all, got {self.loss_on!r}")
 
 
 @dataclass

@@ -18,6 +18,8 @@ TASKS: dict[str, str] = {
     "classify": "danlu.tasks.classify",
     "ner": "danlu.tasks.ner",
     "qa": "danlu.tasks.qa",
+    "sft": "danlu.tasks.sft",
+    "causal-lm": "danlu.tasks.causal_lm",
 }
 
 
