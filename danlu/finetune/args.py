@@ -27,6 +27,9 @@ class FinetuneArgs:
     lora_alpha: int = arg(16, "LoRA scaling alpha")
     lora_dropout: float = arg(0.05, "dropout on the LoRA path")
     resume: bool = arg(False, "continue a killed run from its last checkpoint in OUT.run/")
+    augment: Literal["none", "eda", "typo", "adversarial"] = arg(
+        "none", "train on examples changed on the fly: EDA, keyboard typos, or A2T-style adversarial word swaps "
+                "(see danlu/robust/augment.py)")
     train: TrainArgs = arg(default_factory=TrainArgs)
 
     def __post_init__(self) -> None:

@@ -96,7 +96,11 @@ def finetune_classifier(args: FinetuneArgs) -> Path:
     resume_key = {k: v for k, v in stage_args.items()
                   if k not in {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every"}}
     resume_key["data_fingerprint"] = data.fingerprint
-    result = train(model, ClassificationObjective(features, label_ids, pad_id),
+    from danlu.robust.augment import augment_objective
+
+    objective = augment_objective(args.augment, ClassificationObjective(features, label_ids, pad_id),
+                                  train_split.texts, label_ids, tokenizer, args.max_length, args.train.seed)
+    result = train(model, objective,
                    [len(f["input_ids"]) for f in features], args.train, run_dir,
                    evaluate=evaluate if len(val_split) else None, resume=args.resume,
                    resume_key=resume_key, on_best=save_weights)
