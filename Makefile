@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.danlu-installed
-ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample
+ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample counter-fitted-vectors keyboard-typos
 
 .PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve clean
 
@@ -15,6 +15,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
+	# WordNet's text database (attacks, EDA) and headless Chromium (the pages' browser tests); Debian packages
+	command -v apt-get >/dev/null && { test -e /usr/share/wordnet/data.noun && command -v chromium >/dev/null \
+	  || { apt-get update -q && apt-get install -y -q --no-install-recommends wordnet-base chromium; }; } || true
 	# torch first, pinned: an unpinned torch would pull a multi-gigabyte CUDA build.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
