@@ -78,11 +78,14 @@ def baseline_ids(tokenizer, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def integrated_gradients(model, tokenizer, batch: dict[str, torch.Tensor], target: int, steps: int = 50,
-                         internal_batch_size: int = 0) -> tuple[torch.Tensor, float, int]:
+                         internal_batch_size: int = 0, bf16: bool = False) -> tuple[torch.Tensor, float, int]:
     """Attributions (seq,) of the target class's probability to each token, by Captum's
     LayerIntegratedGradients on the word embeddings; returns them with the convergence delta and the
     internal batch size used. The weights' gradients are turned off for the pass (not needed: only the
-    embeddings' gradient is), which spares their memory."""
+    embeddings' gradient is), which spares their memory. `bf16` runs the steps under bfloat16 autocast
+    (only where the hardware has it natively; see danlu.hardware.use_bf16)."""
+    from danlu.hardware import use_bf16
+
     try:
         from captum.attr import LayerIntegratedGradients
     except ImportError:
@@ -99,12 +102,14 @@ def integrated_gradients(model, tokenizer, batch: dict[str, torch.Tensor], targe
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
+    lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(bf16, device_type=device.type))
     try:
-        lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
-        attributions, delta = lig.attribute(
-            batch["input_ids"], baselines=baseline_ids(tokenizer, batch["input_ids"]),
-            additional_forward_args=tuple(batch[k] for k in names), target=target, n_steps=steps,
-            internal_batch_size=ibs, return_convergence_delta=True)
+        with autocast:
+            attributions, delta = lig.attribute(
+                batch["input_ids"], baselines=baseline_ids(tokenizer, batch["input_ids"]),
+                additional_forward_args=tuple(batch[k] for k in names), target=target, n_steps=steps,
+                internal_batch_size=ibs, return_convergence_delta=True)
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
@@ -146,7 +151,7 @@ def attention_rollout(attentions: torch.Tensor) -> torch.Tensor:
 
 
 def explain_text(model, tokenizer, labels: list[str], text: str, max_length: int, steps: int = 50,
-                 target: str = "", internal_batch_size: int = 0) -> Explanation:
+                 target: str = "", internal_batch_size: int = 0, bf16: bool = False) -> Explanation:
     """Prediction, IG attributions for `target` (default: the predicted label), attention and rollout."""
     batch = encode_one(tokenizer, text, max_length)
     attentions, probs = attention_and_prediction(model, batch)
@@ -154,7 +159,8 @@ def explain_text(model, tokenizer, labels: list[str], text: str, max_length: int
     if target and target not in labels:
         raise DanluError(f"--target {target!r} is not a label of this model; labels: {', '.join(labels)}")
     target_id = labels.index(target) if target else predicted
-    attributions, delta, ibs = integrated_gradients(model, tokenizer, batch, target_id, steps, internal_batch_size)
+    attributions, delta, ibs = integrated_gradients(model, tokenizer, batch, target_id, steps, internal_batch_size,
+                                                   bf16)
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
     return Explanation(
         text=text, tokens=tokens, attributions=[float(f"{float(a):.6g}") for a in attributions],

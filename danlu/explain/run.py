@@ -40,7 +40,7 @@ def explain(args: ExplainArgs) -> Path:
     model, tok = loaded.model, loaded.tokenizer
     if args.text:
         e = explain_text(model, tok, loaded.labels, args.text, loaded.max_length, args.steps, args.target,
-                         args.internal_batch_size)
+                         args.internal_batch_size, args.bf16)
         out = Path(args.out or "explain.html")
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out.with_suffix(".json"), json.dumps(
@@ -59,7 +59,7 @@ def explain(args: ExplainArgs) -> Path:
     explanations = []
     for text in tqdm(texts, desc="explaining", unit="ex", leave=False, dynamic_ncols=True):
         explanations.append(explain_text(model, tok, loaded.labels, text, loaded.max_length, args.steps,
-                                         args.target, args.internal_batch_size))
+                                         args.target, args.internal_batch_size, args.bf16))
     rows = [{"text": t, "label": y, "prediction": e.prediction, "delta": e.convergence_delta,
              "page": f"examples/{i:04d}.html"} for i, (t, y, e) in enumerate(zip(texts, labels, explanations))]
     top = top_tokens(explanations, tok)
