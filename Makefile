@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.danlu-installed
-ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample counter-fitted-vectors keyboard-typos
+ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 counter-fitted-vectors keyboard-typos
 
 .PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve clean
 

@@ -36,7 +36,7 @@ def _load(kind: str, path: str, work: str, threads: int):
 
     torch.set_num_threads(threads)
     if kind == "danlu":
-        from danlu.evaluate.classify import load_classifier
+        from danlu.runtime import load as load_classifier
 
         return load_classifier(path, device="cpu").model
     if kind in ("torch-fp32", "torch-int8-dynamic"):
@@ -120,7 +120,8 @@ def inputs(artifact: Path, latency_samples: int, throughput_batches: int, seed: 
 
     from danlu.artifact import read_manifest
     from danlu.data.classification import load_classification
-    from danlu.evaluate.classify import encode, load_classifier, pad
+    from danlu.runtime import load as load_classifier
+    from danlu.tasks.classify import encode, pad
 
     manifest = read_manifest(artifact)
     saved = manifest["args"]

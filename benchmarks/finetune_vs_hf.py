@@ -33,9 +33,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "finetune_vs_hf.json"
 def load_features(max_length: int):
     from transformers import AutoTokenizer
 
-    from danlu.artifact import resolve_model
+    from danlu.assets import resolve_model
     from danlu.data.classification import load_classification
-    from danlu.evaluate.classify import encode
+    from danlu.tasks.classify import encode
 
     model_path = resolve_model("minilm-l6")
     data = load_classification("rotten-tomatoes")
@@ -60,7 +60,7 @@ def fresh_model(model_path, labels, seed):
 
 def run_danlu(ctx, steps, bf16, hp) -> tuple[float, torch.nn.Module]:
     from danlu.config import TrainArgs
-    from danlu.finetune.classify import ClassificationObjective
+    from danlu.tasks.classify import ClassificationObjective
     from danlu.train.loop import train
 
     model = fresh_model(ctx["model_path"], ctx["data"].labels, hp["seed"])
@@ -76,8 +76,8 @@ def run_danlu(ctx, steps, bf16, hp) -> tuple[float, torch.nn.Module]:
 
 
 class _Rows(torch.utils.data.Dataset):
-    def __init__(self, features, label_ids):
-        self.rows = [{**f, "labels": y} for f, y in zip(features, label_ids)]
+    def __init__(self, rows):
+        self.rows = rows
 
     def __len__(self):
         return len(self.rows)
@@ -86,10 +86,10 @@ class _Rows(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def run_hf(ctx, steps, bf16, hp, grouped: bool) -> tuple[float, torch.nn.Module]:
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+def train_with_hf_trainer(model, rows, collator, tokenizer, steps, bf16, hp, grouped: bool) -> float:
+    """Seconds `Trainer.train()` takes for `steps` steps over `rows` (dicts of features and labels)."""
+    from transformers import Trainer, TrainingArguments
 
-    model = fresh_model(ctx["model_path"], ctx["data"].labels, hp["seed"])
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, max_steps=steps, per_device_train_batch_size=hp["batch"], learning_rate=hp["lr"],
@@ -98,17 +98,25 @@ def run_hf(ctx, steps, bf16, hp, grouped: bool) -> tuple[float, torch.nn.Module]
             save_strategy="no", eval_strategy="no", report_to=[], logging_steps=steps, disable_tqdm=True,
             dataloader_num_workers=0,
             train_sampling_strategy="group_by_length" if grouped else "random")
-        trainer = Trainer(model=model, args=args, train_dataset=_Rows(ctx["features"], ctx["label_ids"]),
-                          data_collator=DataCollatorWithPadding(ctx["tokenizer"]),
-                          processing_class=ctx["tokenizer"])
+        trainer = Trainer(model=model, args=args, train_dataset=_Rows(rows), data_collator=collator,
+                          processing_class=tokenizer)
         started = time.perf_counter()
         trainer.train()
-        seconds = time.perf_counter() - started
+        return time.perf_counter() - started
+
+
+def run_hf(ctx, steps, bf16, hp, grouped: bool) -> tuple[float, torch.nn.Module]:
+    from transformers import DataCollatorWithPadding
+
+    model = fresh_model(ctx["model_path"], ctx["data"].labels, hp["seed"])
+    rows = [{**f, "labels": y} for f, y in zip(ctx["features"], ctx["label_ids"])]
+    seconds = train_with_hf_trainer(model, rows, DataCollatorWithPadding(ctx["tokenizer"]), ctx["tokenizer"],
+                                    steps, bf16, hp, grouped)
     return seconds, model
 
 
 def validation_accuracy(ctx, model, max_length) -> float:
-    from danlu.evaluate.classify import score
+    from danlu.tasks.classify import score_texts as score
 
     model.eval()
     val = ctx["data"].splits["validation"]

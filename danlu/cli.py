@@ -12,8 +12,8 @@ from danlu.errors import DanluError
 # name: (module of the arguments class, class, module of the function, function)
 COMMANDS = {
     "assets": ("danlu.commands", "AssetsArgs", "danlu.commands", "assets_command"),
-    "finetune": ("danlu.finetune.args", "FinetuneArgs", "danlu.finetune.classify", "finetune_classifier"),
-    "merge": ("danlu.finetune.args", "MergeArgs", "danlu.finetune.classify", "merge_lora"),
+    "finetune": ("danlu.finetune.args", "FinetuneArgs", "danlu.finetune.run", "finetune"),
+    "merge": ("danlu.finetune.args", "MergeArgs", "danlu.finetune.run", "merge_lora"),
     "predict": ("danlu.commands", "PredictArgs", "danlu.commands", "predict"),
     "evaluate": ("danlu.commands", "EvaluateArgs", "danlu.commands", "evaluate"),
     "prepare": ("danlu.data.prepare", "PrepareArgs", "danlu.data.prepare", "prepare"),

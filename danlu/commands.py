@@ -12,19 +12,22 @@ from danlu.errors import DanluError
 
 @dataclass
 class PredictArgs:
-    """Label and class probabilities for each text."""
+    """Predict with a fine-tuned artifact: labels (classify), entities (ner), answers (qa)."""
 
-    artifact: str = arg(help="a classification artifact", positional=True)
-    texts: list[str] = arg(default_factory=list, help="texts to classify", positional=True, nargs="*")
-    input: str = arg("", "a file of texts: one per line (.txt) or a table with a `text` column")
+    artifact: str = arg(help="a fine-tuned artifact (any task)", positional=True)
+    texts: list[str] = arg(default_factory=list, help="texts to predict on", positional=True, nargs="*")
+    input: str = arg("", "a file of inputs: texts one per line (.txt) or a table with a `text` column; "
+                         "JSON Lines for structured inputs (qa: question, context)")
+    question: str = arg("", "qa: the question (with --context)")
+    context: str = arg("", "qa: the passage that holds the answer")
     json: bool = arg(False, "print JSON lines instead of a table")
 
 
 @dataclass
 class EvaluateArgs:
-    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on a data split."""
+    """Score an artifact on a data split with its task's metrics (accuracy/F1, entity F1, EM/F1 ...)."""
 
-    artifact: str = arg(help="a classification artifact", positional=True)
+    artifact: str = arg(help="a fine-tuned artifact (any task)", positional=True)
     data: str = arg(help="packaged data name or file/folder (split as at fine-tuning, same seed)")
     split: str = arg("test", "which split to score: train, validation or test")
     output: str = arg("", "where to write the JSON (default: ARTIFACT/eval-SPLIT.json)")
@@ -40,71 +43,56 @@ class AssetsArgs:
 
 
 def predict(args: PredictArgs) -> list[dict]:
-    from danlu.data.tables import read_table
-    from danlu.evaluate.classify import encode, load_classifier, predict_proba
+    from danlu.runtime import load
+    from danlu.tasks import get_task
 
-    texts = list(args.texts)
-    if args.input:
-        path = Path(args.input)
-        if path.suffix == ".txt":
-            if not path.exists():
-                raise DanluError(f"no such file: {path}")
-            texts += [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
-        else:
-            rows, _ = read_table(path)
-            if rows and "text" not in rows[0]:
-                raise DanluError(f"{path}: no column 'text'; columns: {', '.join(rows[0])}")
-            texts += [str(r["text"]) for r in rows]
-    if not texts or any(not t.strip() for t in texts):
-        raise DanluError("give one or more non-empty texts, or --input FILE")
-    clf = load_classifier(args.artifact)
-    probs = predict_proba(clf.model, clf.tokenizer, encode(clf.tokenizer, texts, clf.max_length),
-                          progress="predicting" if len(texts) > 256 else "")
-    rows = [{"text": t, "label": clf.labels[int(p.argmax())],
-             "probabilities": {l: round(float(x), 4) for l, x in zip(clf.labels, p)}}
-            for t, p in zip(texts, probs)]
-    for row in rows:
-        if args.json:
-            print(json.dumps(row, ensure_ascii=False))
-        else:
-            probs_text = "  ".join(f"{l}={x:.3f}" for l, x in row["probabilities"].items())
-            print(f"{row['label']:<12} {probs_text}  {row['text'][:70]}")
+    loaded = load(args.artifact)
+    task = get_task(loaded.task)
+    inputs = task.read_inputs(list(args.texts), args.input, **_structured(args))
+    options = _task_options(task, loaded.manifest.args)
+    results = task.predict(loaded.model, loaded.tokenizer, inputs, loaded.labels, loaded.max_length, **options)
+    rows = []
+    for item, result in zip(inputs, results):
+        row = {**(item if isinstance(item, dict) else {"text": item}), **result}
+        rows.append(row)
+        print(json.dumps(row, ensure_ascii=False) if args.json else task.format_prediction(item, result))
     return rows
 
 
+def _structured(args: PredictArgs) -> dict:
+    """--question/--context, passed only when given (tasks without them take none)."""
+    return {k: v for k, v in (("question", args.question), ("context", args.context)) if v}
+
+
+def _task_options(task, recorded: dict) -> dict:
+    return {name: recorded[name] for name in getattr(task, "OPTIONS", ()) if name in recorded}
+
+
 def evaluate(args: EvaluateArgs) -> dict:
-    from danlu.artifact import atomic_write_text, read_manifest
-    from danlu.data.classification import SPLITS, load_classification
-    from danlu.evaluate.classify import load_classifier, score
+    from danlu.artifact import atomic_write_text
+    from danlu.runtime import load
+    from danlu.tasks import get_task
+    from danlu.tasks.base import SPLITS, DataSpec
 
     if args.split not in SPLITS:
         raise DanluError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
-    clf = load_classifier(args.artifact)
-    manifest = read_manifest(clf.path)
-    saved = manifest.get("args", {})
-    data = load_classification(args.data, saved.get("text_column", "text"), saved.get("label_column", "label"),
-                               saved.get("seed", 42), saved.get("val_ratio", 0.1), saved.get("test_ratio", 0.1))
-    unknown = sorted(set(data.labels) - set(clf.labels))
-    if unknown:
-        raise DanluError(f"{args.data} has labels the model does not know: {', '.join(unknown)} "
-                         f"(model labels: {', '.join(clf.labels)})")
-    split = data.splits[args.split]
-    metrics = {"artifact": str(clf.path), "data": args.data, "split": args.split,
-               **score(clf.model, clf.tokenizer, split.texts, split.labels, clf.labels, clf.max_length,
-                        progress="" if args.json else f"evaluating {args.split}")}
-    output = Path(args.output or clf.path / f"eval-{args.split}.json")
+    loaded = load(args.artifact)
+    task = get_task(loaded.task)
+    recorded = loaded.manifest.args
+    data = task.load_data(DataSpec.from_args(args.data, recorded))
+    examples = data.splits[args.split]
+    if not len(examples):
+        raise DanluError(f"{args.data}: the {args.split} split is empty")
+    scores = task.score(loaded.model, loaded.tokenizer, examples, loaded.labels, loaded.max_length,
+                        progress="" if args.json else f"evaluating {args.split}", **_task_options(task, recorded))
+    metrics = {"artifact": str(loaded.path), "task": task.NAME, "data": args.data, "split": args.split,
+               "primary_metric": task.PRIMARY_METRIC, **scores}
+    output = Path(args.output or loaded.path / f"eval-{args.split}.json")
     atomic_write_text(output, json.dumps(metrics, indent=2) + "\n")
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{args.split}: {metrics['examples']} examples  accuracy {metrics['accuracy']:.4f}  "
-              f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}")
-        print(f"{'label':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
-        for label, m in metrics["per_class"].items():
-            print(f"{label:<14}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}")
-        print("confusion matrix (rows: true, columns: predicted):", clf.labels)
-        for label, row in zip(clf.labels, metrics["confusion_matrix"]["matrix"]):
-            print(f"  {label:<12}", row)
+        print(task.format_metrics(metrics))
         print(f"wrote {output}")
     return metrics
 

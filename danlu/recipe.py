@@ -28,9 +28,9 @@ def stage_table():
     from danlu.finetune.args import FinetuneArgs
 
     def finetune(args):
-        from danlu.finetune.classify import finetune_classifier
+        from danlu.finetune.run import finetune as finetune_model
 
-        return finetune_classifier(args)
+        return finetune_model(args)
 
     def prepare(args):
         from danlu.data.prepare import prepare as prepare_corpus

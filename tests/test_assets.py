@@ -14,7 +14,7 @@ def test_list_names_every_asset_and_where(capsys):
     assert main(["assets", "list"]) == 0
     out = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in out]
-    assert names == ["minilm-l6", "smollm2-135m", "rotten-tomatoes", "wnut-ner", "wiki-sample"]
+    assert names == ["minilm-l6", "smollm2-135m", "rotten-tomatoes", "wnut-ner", "conll2003", "wiki-sample"]
     for line in out:
         assert "installed" in line.split()  # `make test` installs them all
     smollm = next(line for line in out if line.startswith("smollm2-135m"))

@@ -34,9 +34,9 @@ def crash(job):
 
 @pytest.fixture(scope="module")
 def search(classifier, sentiment_csv, tmp_path_factory):
-    from danlu.compress import search as search_module
+    from danlu.compress import methods as methods_module
 
-    search_module.METHODS["boom"] = (__name__, "crash")
+    methods_module.METHODS["boom"] = (__name__, "crash")
     out = tmp_path_factory.mktemp("search") / "out"
     code = main(["compress", str(classifier), "--eval-data", str(sentiment_csv), "--out", str(out),
                  "--methods", "bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8", "int4-weight-only", "boom", "boom+bf16",
@@ -44,7 +44,7 @@ def search(classifier, sentiment_csv, tmp_path_factory):
                  "prune-structured+int8-dynamic", "--repeats", "1", "--latency-samples", "2", "--throughput-batches", "1", "--train-max-steps", "3",
                  "--distill-layers", "1", "--hidden-weight", "0.5", "--calibration-samples", "32",
                  "--max-accuracy-drop", "100", "--objective", "size"])
-    del search_module.METHODS["boom"]
+    del methods_module.METHODS["boom"]
     assert code == 0
     return out, json.loads((out / "results.json").read_text())
 
@@ -126,7 +126,7 @@ def test_objectives_pick_different_rows(tmp_path):
     from danlu.compress.search import _finish
 
     def row(name, accuracy, latency, throughput, size):
-        return {"variant": name, "method": name, "status": "ok", "path": str(tmp_path / name), "accuracy": accuracy,
+        return {"variant": name, "method": name, "status": "ok", "path": str(tmp_path / name), "quality": accuracy,
                 "latency_ms": latency, "throughput": throughput, "size_mb": size}
 
     rows = [row("original", 0.90, 10, 100, 40), row("fast", 0.895, 2, 150, 30), row("wide", 0.893, 5, 400, 20),
@@ -140,9 +140,9 @@ def test_objectives_pick_different_rows(tmp_path):
 
 
 def test_no_variant_within_budget_keeps_the_original_and_exits_0(classifier, sentiment_csv, tmp_path, capsys, monkeypatch):
-    from danlu.compress import search as search_module
+    from danlu.compress import methods as methods_module
 
-    monkeypatch.setitem(search_module.METHODS, "flip", (__name__, "flip_labels"))
+    monkeypatch.setitem(methods_module.METHODS, "flip", (__name__, "flip_labels"))
     code = main(["compress", str(classifier), "--eval-data", str(sentiment_csv), "--out", str(tmp_path / "o"),
                  "--methods", "flip", "--repeats", "1", "--latency-samples", "1", "--throughput-batches", "1"])
     assert code == 0
@@ -223,16 +223,19 @@ def test_export_onnx_parity_and_int8(classifier, sentiment_csv, tmp_path, capsys
     out = tmp_path / "onnx"
     assert main(["export", str(classifier), "--format", "onnx", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "parity vs PyTorch on 12 texts: max |logit diff|" in printed and "label agreement 1.0000" in printed
+    assert "parity vs PyTorch on 12 examples: max |output diff|" in printed and "prediction agreement 1.0000" in printed
     manifest = json.loads((out / "danlu.json").read_text())
-    assert manifest["metrics"]["parity"]["max_abs_logit_diff"] < 1e-4
+    assert manifest["metrics"]["parity"]["max_abs_output_diff"] < 1e-4
     assert manifest["onnx"]["fused_operators"]["Attention"] == 2  # eager export lets ORT fuse attention
-    texts = ["the film was great and wonderful", "dreadful", "the film was boring " * 20]
-    assert parity_check(classifier, out, texts, 128)["max_abs_logit_diff"] < 1e-4
+    from danlu.tasks import classify
+
+    examples = [("the film was great and wonderful", "pos"), ("dreadful", "neg"), ("the film was boring " * 20, "neg")]
+    parity = parity_check(classifier, out, classify, examples, ["neg", "pos"], 128)
+    assert parity["max_abs_output_diff"] < 1e-4 and parity["prediction_agreement"] == 1.0
     assert main(["export", str(classifier), "--out", str(tmp_path / "int8"), "--quantize", "int8",
                  "--optimize", "1"]) == 0
     quantized = json.loads((tmp_path / "int8" / "danlu.json").read_text())["metrics"]["parity"]
-    assert quantized["label_agreement"] >= 0.9 and quantized["max_abs_logit_diff"] < 0.1
+    assert quantized["prediction_agreement"] >= 0.9 and quantized["max_abs_output_diff"] < 0.1
     assert (tmp_path / "int8" / "model.onnx").stat().st_size < 0.4 * (out / "model.onnx").stat().st_size
 
 
@@ -297,7 +300,6 @@ def test_real_minilm_exports_with_parity_and_int8_agrees(tmp_path, capsys):
     from danlu.assets import install
     from danlu.compress.job import CompressJob
     from danlu.compress.quantize import int8_dynamic
-    from danlu.data.classification import load_classification
     from danlu.export.onnx import parity_check
 
     base = install("minilm-l6", quiet=True)
@@ -312,15 +314,19 @@ def test_real_minilm_exports_with_parity_and_int8_agrees(tmp_path, capsys):
                    data={"source": "rotten-tomatoes"})
     assert main(["export", str(clf), "--out", str(tmp_path / "onnx"), "--parity-samples", "64"]) == 0
     parity = json.loads((tmp_path / "onnx" / "danlu.json").read_text())["metrics"]["parity"]
-    assert parity["max_abs_logit_diff"] < 1e-4 and parity["label_agreement"] == 1.0
-    data = load_classification("rotten-tomatoes")
+    assert parity["max_abs_output_diff"] < 1e-4 and parity["prediction_agreement"] == 1.0
+    from danlu.tasks import classify
+    from danlu.tasks.base import DataSpec
+
+    data = classify.load_data(DataSpec("rotten-tomatoes"))
     variant = int8_dynamic(CompressJob(parent=clf, out=tmp_path / "int8", data=data, labels=["fresh", "rotten"],
                                        max_length=64))
     size = lambda p: (p / "model.safetensors").stat().st_size  # noqa: E731
     assert size(variant) < 0.3 * size(clf)  # int8 linears and int8 embeddings: ~26% of fp32
-    texts = data.splits["test"].texts[:64]
+    texts = [text for text, _ in data.splits["test"][:64]]
     assert main(["predict", str(variant), *texts[:2], "--json"]) == 0
-    from danlu.evaluate.classify import encode, load_classifier, predict_proba
+    from danlu.runtime import load as load_classifier
+    from danlu.tasks.classify import encode, predict_proba
 
     fp32, int8 = load_classifier(str(clf), "cpu"), load_classifier(str(variant), "cpu")
     features = encode(fp32.tokenizer, texts, 64)

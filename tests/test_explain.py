@@ -116,6 +116,6 @@ def test_an_onnx_variant_is_explained_through_its_parent(tiny_bert, tmp_path):
     (onnx / "config.json").write_text("{}")
     (onnx / "model.onnx").write_bytes(b"")
     (onnx / "danlu.json").write_text(json.dumps({"task": "classify", "parent": str(tiny_bert)}))
-    loaded = load_differentiable(onnx, "cpu")
+    loaded, notes = load_differentiable(onnx, "cpu")
     assert loaded.path == tiny_bert
-    assert "explained through its parent PyTorch model" in loaded.notes[0]
+    assert "explained through its parent PyTorch model" in notes[0]

@@ -155,7 +155,7 @@ def test_chinese_is_split_by_character_without_unknown_flood(tmp_path, kind):
 def test_existing_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from danlu.artifact import resolve_model
+    from danlu.assets import resolve_model
 
     out, stats = run_prepare(tmp_path, EN, tokenizer="minilm-l6", seq_len=32, val_ratio=0.2)
     meta = json.loads((out / "meta.json").read_text())

@@ -165,7 +165,7 @@ def test_bad_input_is_a_clear_error(prepared, tmp_path, capsys):
     config.write_text("[1, 2]")
     assert "expected a JSON object" in error("--config", str(config))
     # --init with data tokenized by another vocabulary
-    from danlu.artifact import resolve_model
+    from danlu.assets import resolve_model
 
     assert "was tokenized with another vocabulary" in error("--init", str(resolve_model("minilm-l6")))
 

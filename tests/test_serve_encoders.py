@@ -24,7 +24,8 @@ def classifier(tiny_bert, sentiment_csv, tmp_path_factory):
 def test_classify_batches_inputs_and_matches_predict(classifier, tmp_path):
     texts = ["the film was great and wonderful", "the film was awful and boring", "lovely and superb",
              "dreadful, terrible"]
-    from danlu.evaluate.classify import encode, load_classifier, predict_proba
+    from danlu.runtime import load as load_classifier
+    from danlu.tasks.classify import encode, predict_proba
 
     clf = load_classifier(str(classifier), device="cpu")
     probs = predict_proba(clf.model, clf.tokenizer, encode(clf.tokenizer, texts, clf.max_length)).tolist()

@@ -5,8 +5,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from danlu.config import TrainArgs
 from danlu.data.classification import load_classification
-from danlu.evaluate.classify import encode
-from danlu.finetune.classify import ClassificationObjective
+from danlu.tasks.classify import encode
+from danlu.tasks.classify import ClassificationObjective
 from danlu.train.loop import train
 
 

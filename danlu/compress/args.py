@@ -16,17 +16,17 @@ METHOD_NAMES = ["bf16", "int8-dynamic", "int8-static", "int8-weight-only", "int4
 class CompressArgs:
     """Make and measure compressed variants of a model; keep the best within an accuracy budget."""
 
-    artifact: str = arg(help="a fine-tuned classification artifact (or a decoder such as smollm2-135m)",
+    artifact: str = arg(help="a fine-tuned task artifact (classify, ner, ...) or a decoder such as smollm2-135m",
                         positional=True)
     out: str = arg(help="folder for the variants, results.json and report.md/report.html")
     eval_data: str = arg("", "data to measure on (packaged name or file/folder, split as at fine-tuning); "
                              "its train split calibrates and trains, its test split scores. Required for "
-                             "classifiers; for decoders a text file (default: a held-out slice of wiki-sample)")
+                             "encoder task models; for decoders a text file (default: a held-out slice of wiki-sample)")
     methods: list[str] = arg(default_factory=lambda: ["all"], nargs="+",
                              help="methods to try: `all`, or names from " + ", ".join(METHOD_NAMES)
                                   + "; `A+B` applies B to A's variant (e.g. distill+int8-dynamic)")
-    max_accuracy_drop: float = arg(1.0, "largest accuracy loss allowed, in points (1.0 = one percentage "
-                                        "point); for decoders, the largest perplexity increase in percent")
+    max_accuracy_drop: float = arg(1.0, "largest loss of the task's primary metric allowed (accuracy, entity F1, "
+                                        "...), in points (1.0 = one percentage point); for decoders, the largest perplexity increase in percent")
     objective: Literal["latency", "throughput", "size"] = arg(
         "latency", "what the chosen variant is best at: latency at batch 1, throughput at batch 32, or size on disk")
     calibration_samples: int = arg(256, "training texts used to calibrate static quantization and score importance")
@@ -76,18 +76,18 @@ class CompressArgs:
 
 @dataclass
 class ExportArgs:
-    """Export a classification artifact to ONNX, optimise the graph for ONNX Runtime, check parity."""
+    """Export a fine-tuned task artifact to ONNX, optimise the graph for ONNX Runtime, check parity."""
 
-    artifact: str = arg(help="a classification artifact", positional=True)
+    artifact: str = arg(help="a fine-tuned encoder task artifact (classify, ner, ...)", positional=True)
     out: str = arg(help="folder for the ONNX artifact (model.onnx, config, tokenizer, danlu.json)")
     format: Literal["onnx"] = arg("onnx", "export format")
     optimize: int = arg(99, "offline graph optimisation: 0 none (the session still applies ONNX Runtime's "
                             "defaults on load), 1 basic, 2 extended, 99 all; 1 and above also run the "
                             "transformer fusions (attention, LayerNorm, GELU)")
     quantize: Literal["none", "int8"] = arg("none", "int8: dynamic int8 quantization of the optimised graph")
-    eval_data: str = arg("", "data whose test split checks label agreement with PyTorch "
+    eval_data: str = arg("", "data whose test split checks prediction agreement with PyTorch "
                              "(default: the artifact's own fine-tuning data where it is recorded)")
-    parity_samples: int = arg(256, "test texts compared with PyTorch (0 = all)")
+    parity_samples: int = arg(256, "test examples compared with PyTorch (0 = all)")
     opset: int = arg(17, "ONNX opset version")
 
     def __post_init__(self) -> None:

@@ -25,24 +25,13 @@ from pathlib import Path
 import torch
 
 from danlu.artifact import atomic_dir, atomic_write_text, read_manifest, update_metrics, write_manifest
-from danlu.kernels import kernel_error
+from danlu.runtime.variants import (INT4_GROUP, _quantizable, apply_torchao, dequantized_state,  # noqa: F401
+                                    load_decoder_variant)
 
 DECODER_METHODS = ("bf16", "int8-weight-only", "int4-weight-only")
-INT4_GROUP = 32
-
-
-def is_decoder(path: Path) -> bool:
-    """True for a causal language model folder (config architectures *ForCausalLM)."""
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-    return any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
 
 
 # ---- storage ------------------------------------------------------------------------------------------
-
-
-def _quantizable(model: torch.nn.Module) -> list[str]:
-    """Linear layers of the transformer blocks (not the embedding / tied LM head)."""
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}"]
 
 
 def quantized_state(model: torch.nn.Module, bits: int) -> dict[str, torch.Tensor]:
@@ -72,73 +61,6 @@ def quantized_state(model: torch.nn.Module, bits: int) -> dict[str, torch.Tensor
             state[module + ".qweight4"] = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()  # two per byte
             state[module + ".scale"], state[module + ".zero"] = scale.contiguous(), zero.contiguous()
     return state
-
-
-def dequantized_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Float weights back from `quantized_state` (the exact values the quantized model represents)."""
-    out = {}
-    for key, value in state.items():
-        if key.endswith(".qweight"):
-            module = key[: -len(".qweight")]
-            out[module + ".weight"] = value.float() * state[module + ".scale"][:, None]
-        elif key.endswith(".qweight4"):
-            module = key[: -len(".qweight4")]
-            q = torch.stack([value & 15, value >> 4], dim=-1).view(value.shape[0], -1).float()
-            scale, zero = state[module + ".scale"], state[module + ".zero"]
-            groups = q.view(q.shape[0], -1, INT4_GROUP)
-            out[module + ".weight"] = ((groups - zero[..., None]) * scale[..., None]).view(q.shape[0], -1)
-        elif not key.endswith((".scale", ".zero")):
-            out[key] = value
-    return out
-
-
-def apply_torchao(model: torch.nn.Module, method: str) -> torch.nn.Module:
-    """Swap the block Linears' weights for torchao weight-only quantized tensors."""
-    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, MappingType, PerGroup, quantize_
-
-    names = set(_quantizable(model))
-    if method == "int8-weight-only":
-        config = Int8WeightOnlyConfig()
-    else:  # torchao's tinygemm/mslk int4 kernels need CUDA here; the intx path runs on any CPU
-        config = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(INT4_GROUP),
-                                      mapping_type=MappingType.ASYMMETRIC)
-    quantize_(model, config, filter_fn=lambda m, name: name in names)
-    return model
-
-
-def load_decoder_variant(path: str | Path, device: str | None = None) -> torch.nn.Module:
-    """A causal LM from a danlu artifact (plain, bf16 or weight-only int8/int4), ready for generate()."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    path = Path(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    recipe = read_manifest(path).get("load") or {}
-    if not recipe.get("weight_only"):
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype="auto").to(device).eval()
-    config = AutoConfig.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(dequantized_state(state), strict=False)
-    if unexpected or [k for k in missing if k != "lm_head.weight"]:
-        raise RuntimeError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.tie_weights()
-    if recipe["weight_only"] == "int8-weight-only" and str(device) == "cpu" and kernel_error() is None:
-        return _int8_kernel_layers(model.eval(), state)
-    return apply_torchao(model.to(device).eval(), recipe["weight_only"])
-
-
-def _int8_kernel_layers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Swap the block Linears for danlu's `Int8Linear` on the stored int8 weights and scales (the same
-    values torchao would hold; danlu's AVX2 kernel runs them several times faster on CPU)."""
-    from danlu.kernels.int8 import Int8Linear
-
-    for name in _quantizable(model):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        bias = getattr(parent, child).bias
-        setattr(parent, child, Int8Linear(state[name + ".qweight"], state[name + ".scale"], bias))
-    return model
 
 
 def write_decoder_variant(parent: Path, out: Path, method: str) -> Path:
@@ -269,7 +191,7 @@ def compress_decoder(args, parent: Path) -> dict:
     import traceback
 
     from danlu.compress.report import format_table, write_report
-    from danlu.compress.search import expand_methods
+    from danlu.compress.methods import expand_methods
     from danlu.errors import DanluError
 
     out = Path(args.out)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from danlu.compress.job import CompressJob, NotApplicable
-from danlu.compress.training import run_training, train_features
+from danlu.compress.training import classification_features, run_training
 from danlu.compress.variant import encoder_layers, load_parent, write_variant
-from danlu.evaluate.classify import pad
+from danlu.tasks.classify import pad
 
 
 class DistillationObjective:
@@ -97,7 +97,7 @@ def train_student(job: CompressJob, student: torch.nn.Module, teacher: torch.nn.
                   mapping: list[int]) -> dict:
     """Distil `teacher` into `student` on the training split (the loop of danlu/train/loop.py)."""
     options = job.options
-    features, label_ids = train_features(job, tokenizer)
+    features, label_ids = classification_features(job, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     objective = DistillationObjective(features, label_ids, teacher_logits(teacher, features, pad_id), pad_id,
                                       options.get("temperature", 2.0), options.get("soft_weight", 0.5),
@@ -107,6 +107,7 @@ def train_student(job: CompressJob, student: torch.nn.Module, teacher: torch.nn.
 
 def distill(job: CompressJob) -> Path:
     """A student with `distill_layers` layers initialised from the teacher's, distilled on the training data."""
+    job.require_task("classify", method="distill")
     teacher, tokenizer = load_parent(job)
     n = len(encoder_layers(teacher))
     k = job.options.get("distill_layers", 3)

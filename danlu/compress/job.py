@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from danlu.data.classification import LabelledData
+from danlu.tasks.base import TaskData
 
 
 class NotApplicable(Exception):
@@ -25,13 +25,20 @@ class NotApplicable(Exception):
 class CompressJob:
     parent: Path  # the artifact being compressed (a folder `from_pretrained` opens)
     out: Path  # where this variant's artifact goes
-    data: LabelledData  # train/validation/test splits, the same ones the parent was fine-tuned on
+    data: TaskData  # train/validation/test splits, the same ones the parent was fine-tuned on
     labels: list[str]  # the parent's label names, in id order
     max_length: int  # the parent's max input length
+    task: str = "classify"  # the parent's task (danlu/tasks): its objective trains and its score measures
     calibration_samples: int = 256  # texts for calibration (static quantization, importance scores)
     seed: int = 42
     threads: int = 0  # torch / onnxruntime intra-op threads; 0 = library default
     options: dict[str, Any] = field(default_factory=dict)  # per-method knobs (e.g. distill layers)
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's own options (e.g. QA's doc_stride)
+
+    def require_task(self, *tasks: str, method: str) -> None:
+        """NotApplicable unless the parent's task is one of `tasks` (methods written for those only)."""
+        if self.task not in tasks:
+            raise NotApplicable(f"{method} is implemented for {', '.join(tasks)} models; this is a {self.task!r} model")
 
 
 Method = Callable[[CompressJob], Path]

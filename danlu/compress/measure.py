@@ -1,5 +1,5 @@
-"""Measure one classifier variant: accuracy on the test texts, latency at batch 1, throughput at batch 32,
-size on disk and peak memory.
+"""Measure one variant of an encoder task model: its task's metrics on the test split (the primary one is
+the row's `quality`), latency at batch 1, throughput at batch 32, size on disk and peak memory.
 
 Each variant is measured in a fresh Python process (`python -m danlu.compress.measure SPEC.json`):
 peak memory is then that process's own high-water mark, one variant's allocator caches and thread
@@ -27,15 +27,17 @@ def size_on_disk(folder: Path) -> int:
     return sum(p.stat().st_size for pattern in WEIGHT_FILES for p in Path(folder).glob(pattern))
 
 
-def measure_in_subprocess(folder: Path, texts: list[str], labels: list[str], work: Path, *, threads: int,
+def measure_in_subprocess(folder: Path, task: str, data: dict, work: Path, *, threads: int,
                           repeats: int, latency_samples: int, throughput_batches: int, seed: int,
                           timeout: float = 3600) -> dict:
-    """Run `measure` on `folder` in a child process; raise RuntimeError with its stderr if it fails."""
+    """Run `measure` on `folder` in a child process; raise RuntimeError with its stderr if it fails.
+
+    `data` is the DataSpec (as a dict) whose test split is scored; the child reads it again."""
     work.mkdir(parents=True, exist_ok=True)
     spec = work / "spec.json"
     result = work / "result.json"
     result.unlink(missing_ok=True)
-    spec.write_text(json.dumps({"folder": str(folder), "texts": texts, "labels": labels, "threads": threads,
+    spec.write_text(json.dumps({"folder": str(folder), "task": task, "data": data, "threads": threads,
                                 "repeats": repeats, "latency_samples": latency_samples,
                                 "throughput_batches": throughput_batches, "seed": seed, "out": str(result)}))
     proc = subprocess.run([sys.executable, "-m", "danlu.compress.measure", str(spec)], capture_output=True,
@@ -49,32 +51,40 @@ def measure_in_subprocess(folder: Path, texts: list[str], labels: list[str], wor
     return row
 
 
-def measure(folder: str, texts: list[str], labels: list[str], threads: int = 0, repeats: int = 5,
+def measure(folder: str, task_name: str, data: dict, threads: int = 0, repeats: int = 5,
             latency_samples: int = 32, throughput_batches: int = 4, seed: int = 42) -> dict:
     """The row of the compression table for one variant (in this process)."""
     import psutil
     import torch
 
-    from danlu.evaluate.classify import encode, load_classifier, pad, score
+    from danlu.compress.training import MODEL_INPUTS
+    from danlu.runtime import load
+    from danlu.tasks import get_task
+    from danlu.tasks.base import DataSpec
 
     if threads:
         torch.set_num_threads(threads)
+    task = get_task(task_name)
+    test = list(task.load_data(DataSpec(**data)).splits["test"])
     baseline = psutil.Process().memory_info().rss
     started = time.perf_counter()
-    clf = load_classifier(folder, device="cpu")
+    loaded = load(folder, device="cpu", task=task_name)
     load_seconds = time.perf_counter() - started
-    unknown = sorted(set(labels) - set(clf.labels))
-    if unknown:
-        raise ValueError(f"labels the model does not know: {unknown}")
-    metrics = score(clf.model, clf.tokenizer, texts, labels, clf.labels, clf.max_length)
+    options = {k: loaded.manifest.args[k] for k in getattr(task, "OPTIONS", ()) if k in loaded.manifest.args}
+    metrics = task.score(loaded.model, loaded.tokenizer, test, loaded.labels, loaded.max_length, **options)
     rng = random.Random(seed)
-    pad_id = clf.tokenizer.pad_token_id if clf.tokenizer.pad_token_id is not None else 0
-    single = [pad([f], pad_id) for f in encode(clf.tokenizer, rng.sample(texts, min(latency_samples, len(texts))),
-                                               clf.max_length)]
-    pool = [texts[rng.randrange(len(texts))] for _ in range(32 * throughput_batches)]
-    features = encode(clf.tokenizer, pool, clf.max_length)
-    batches = [pad(features[i:i + 32], pad_id) for i in range(0, len(features), 32)]
-    model = clf.model
+
+    def batches_of(examples: list, size: int) -> list[dict]:
+        objective, lengths = task.make_objective(loaded.tokenizer, examples, loaded.labels, loaded.max_length,
+                                                 **options)
+        return [{k: v for k, v in objective.collate(list(range(i, min(i + size, len(lengths))))).items()
+                 if k in MODEL_INPUTS} for i in range(0, len(lengths), size)]
+
+    single = batches_of(rng.sample(test, min(latency_samples, len(test))), 1)
+    pool = [test[rng.randrange(len(test))] for _ in range(32 * throughput_batches)]
+    batches = batches_of(pool, 32)
+    items = sum(len(b["input_ids"]) for b in batches)
+    model = loaded.model
     with torch.inference_mode():
         for batch in single[:2] + batches[:1]:  # warm-up: first-call allocations and kernel selection
             model(**batch)
@@ -89,12 +99,12 @@ def measure(folder: str, texts: list[str], labels: list[str], threads: int = 0, 
             t = time.perf_counter()
             for batch in batches:
                 model(**batch)
-            throughputs.append(len(features) / (time.perf_counter() - t))
+            throughputs.append(items / (time.perf_counter() - t))
     peak = peak_rss_bytes()
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {
-        "accuracy": metrics["accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "examples": metrics["examples"],
+        **scalars,
+        "quality": metrics[task.PRIMARY_METRIC],
         "latency_ms": statistics.median(latencies),
         "throughput": statistics.median(throughputs),
         "latency_runs_ms": latencies,
@@ -143,7 +153,7 @@ def stored_parameters(folder: Path) -> int | None:
 
 def _main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    row = measure(spec["folder"], spec["texts"], spec["labels"], spec["threads"], spec["repeats"],
+    row = measure(spec["folder"], spec["task"], spec["data"], spec["threads"], spec["repeats"],
                   spec["latency_samples"], spec["throughput_batches"], spec["seed"])
     Path(spec["out"]).write_text(json.dumps(row))
 

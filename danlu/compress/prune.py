@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from danlu.compress.job import CompressJob, NotApplicable
-from danlu.compress.training import calibration_features, run_training, train_features
+from danlu.compress.training import calibration_batches, run_training, task_objective
 from danlu.compress.variant import encoder_layers, load_parent, write_variant
-from danlu.evaluate.classify import pad
 
 
 def _bert_parts(layer: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -35,17 +34,13 @@ def _bert_parts(layer: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 def importance(model: torch.nn.Module, job: CompressJob, tokenizer) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: (head scores (heads,), neuron scores (intermediate,)) from |w * grad| on calibration data."""
-    features, label_ids = calibration_features(job, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    objective, _ = task_objective(job, tokenizer)  # its loss_sum is the task's loss
     layers = encoder_layers(model)
     parts = [_bert_parts(layer) for layer in layers]
     model.zero_grad(set_to_none=True)
     model.eval()  # no dropout: the same scores for the same data
-    for start in range(0, len(features), 16):
-        batch = pad(features[start:start + 16], pad_id)
-        labels = torch.tensor(label_ids[start:start + 16])
-        logits = model(**batch).logits
-        torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum").backward()
+    for batch in calibration_batches(job, tokenizer, 16, with_targets=True):
+        objective.loss_sum(model, batch).backward()
     scores = []
     for layer, p in zip(layers, parts):
         head_size = layer.attention.self.attention_head_size
@@ -88,8 +83,6 @@ def prune_layer(layer: torch.nn.Module, keep_heads: list[int], keep_neurons: tor
 
 def prune_structured(job: CompressJob) -> Path:
     """Remove the least important heads and FFN neurons of every layer, then fine-tune briefly to recover."""
-    from danlu.finetune.classify import ClassificationObjective
-
     head_share, ffn_share = job.options.get("prune_heads", 0.25), job.options.get("prune_ffn", 0.25)
     model, tokenizer = load_parent(job)
     layers = encoder_layers(model)
@@ -102,12 +95,9 @@ def prune_structured(job: CompressJob) -> Path:
         prune_layer(layer, keep_heads, neurons.topk(n_neurons).indices)
         kept.append({"heads": sorted(keep_heads), "neurons": n_neurons})
     after = sum(p.numel() for p in model.parameters())
-    features, label_ids = train_features(job, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    objective, lengths = task_objective(job, tokenizer)
     # Recovery: half the epochs of the other trainings (it starts from a trained model).
-    training = run_training(model, ClassificationObjective(features, label_ids, pad_id),
-                            [len(f["input_ids"]) for f in features], job, "recovery",
-                            epochs=job.options.get("train_epochs", 2.0) / 2)
+    training = run_training(model, objective, lengths, job, "recovery", epochs=job.options.get("train_epochs", 2.0) / 2)
     info = {"parameters_before": before, "parameters_after": after, "kept": kept, "recovery": training}
     return write_variant(job, "prune-structured", lambda folder: model.save_pretrained(str(folder)),
                          load={"resized": True}, info=info,

@@ -7,7 +7,6 @@ see danlu/compress/decoder.py. For an encoder classifier it is not applicable he
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import torch
@@ -59,22 +58,12 @@ def onnx_int8(job: CompressJob) -> Path:
 
 def int8_static(job: CompressJob) -> Path:
     """ONNX Runtime static int8 in QDQ format, activation ranges calibrated on training texts."""
-    return _onnx(job, "int8-static", quantize="int8-static", calibration=calibration_batches(job))
-
-
-def calibration_batches(job: CompressJob, batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
-    """`job.calibration_samples` training texts (seeded sample), tokenized and padded in batches."""
     from transformers import AutoTokenizer
 
-    from danlu.evaluate.classify import encode, pad
+    from danlu.compress.training import calibration_batches
 
-    texts = list(job.data.splits["train"].texts)
-    random.Random(job.seed).shuffle(texts)
-    texts = texts[: job.calibration_samples]
     tokenizer = AutoTokenizer.from_pretrained(str(job.parent))
-    features = encode(tokenizer, texts, job.max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return [pad(features[i:i + batch_size], pad_id) for i in range(0, len(features), batch_size)]
+    return _onnx(job, "int8-static", quantize="int8-static", calibration=calibration_batches(job, tokenizer))
 
 
 def _onnx(job: CompressJob, method: str, quantize: str, calibration=None) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 COLUMNS = [  # header, row key, format
     ("variant", "variant", "{}"),
     ("status", "status", "{}"),
-    ("accuracy", "accuracy", "{:.4f}"),
+    ("accuracy", "quality", "{:.4f}"),  # the header names the task's primary metric (see _columns)
     ("drop (pts)", "accuracy_drop", "{:+.2f}"),
     ("latency b1 (ms)", "latency_ms", "{:.2f}"),
     ("speedup b1", "latency_speedup", "{:.2f}x"),
@@ -40,7 +40,10 @@ def _cells(row: dict, columns) -> list[str]:
 
 
 def _columns(results: dict):
-    return DECODER_COLUMNS if results.get("kind") == "decoder" else COLUMNS
+    if results.get("kind") == "decoder":
+        return DECODER_COLUMNS
+    metric = results.get("quality_metric", "accuracy")
+    return [(metric if key == "quality" else header, key, fmt) for header, key, fmt in COLUMNS]
 
 
 def format_table(results: dict) -> str:
@@ -75,7 +78,7 @@ def plot_pareto(results: dict, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     decoder = results.get("kind") == "decoder"
-    x_key, y_key = ("tokens_per_second_b1", "perplexity") if decoder else ("latency_ms", "accuracy")
+    x_key, y_key = ("tokens_per_second_b1", "perplexity") if decoder else ("latency_ms", "quality")
     rows = [r for r in results["rows"] if r["status"] == "ok" and r.get(x_key) is not None]
     if not rows:
         return False
@@ -88,12 +91,12 @@ def plot_pareto(results: dict, path: Path) -> bool:
     front = pareto_front(rows, x_key, y_key, x_lower_better=not decoder, y_higher_better=not decoder)
     ax.plot([r[x_key] for r in front], [r[y_key] for r in front], "--", color="tab:orange", label="Pareto front")
     if not decoder:
-        base = rows[0]["accuracy"] if rows[0]["variant"] == "original" else None
+        base = rows[0]["quality"] if rows[0]["variant"] == "original" else None
         if base is not None:
             ax.axhline(base - results["max_accuracy_drop"] / 100, color="tab:gray", linestyle=":",
                        label=f"budget: -{results['max_accuracy_drop']} points")
     ax.set_xlabel("new tokens/s at batch 1" if decoder else "latency at batch 1 (ms)")
-    ax.set_ylabel("perplexity (lower is better)" if decoder else "test accuracy")
+    ax.set_ylabel("perplexity (lower is better)" if decoder else f"test {results.get('quality_metric', 'accuracy')}")
     ax.set_title("variants (red: chosen, grey: over the accuracy budget)")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -120,7 +123,7 @@ def write_report(out: Path, results: dict) -> None:
     has_plot = plot_pareto(results, out / "pareto.png")
     decoder = results.get("kind") == "decoder"
     budget = (f"perplexity increase <= {results['max_accuracy_drop']}%" if decoder
-              else f"accuracy drop <= {results['max_accuracy_drop']} points")
+              else f"{results.get('quality_metric', 'accuracy')} drop <= {results['max_accuracy_drop']} points")
     lines = [f"# danlu compress: {results['artifact']}", "",
              f"- objective: **{results['objective']}**, budget: {budget}",
              f"- measured on: `{results['eval_data']}`" + ("" if decoder else f" test split, {results['test_examples']} texts"),

@@ -17,30 +17,13 @@ import time
 import traceback
 from pathlib import Path
 
-from danlu.artifact import atomic_write_text, read_manifest, resolve_model, update_metrics
+from danlu.artifact import Manifest, atomic_write_text, read_manifest, update_metrics
+from danlu.assets import resolve_model
 from danlu.compress.args import CompressArgs
 from danlu.compress.job import CompressJob, NotApplicable
-from danlu.errors import DanluError, did_you_mean
+from danlu.compress.methods import ALL, METHODS, expand_methods  # noqa: F401
+from danlu.errors import DanluError
 
-# name -> (module, function); imported only when the method runs.
-METHODS = {
-    "bf16": ("danlu.compress.quantize", "bf16"),
-    "int8-dynamic": ("danlu.compress.quantize", "int8_dynamic"),
-    "int8-static": ("danlu.compress.quantize", "int8_static"),
-    "int8-weight-only": ("danlu.compress.quantize", "weight_only"),
-    "int4-weight-only": ("danlu.compress.quantize", "weight_only"),
-    "onnx": ("danlu.compress.quantize", "onnx_fp32"),
-    "onnx-int8": ("danlu.compress.quantize", "onnx_int8"),
-    "prune-structured": ("danlu.compress.prune", "prune_structured"),
-    "prune-magnitude": ("danlu.compress.prune", "prune_magnitude"),
-    "distill": ("danlu.compress.distill", "distill"),
-    "share-layers": ("danlu.compress.share", "share_layers"),
-}
-# What `--methods all` tries for a classifier, in order (cheap ones first: their rows appear soonest).
-# The pruned model with int8 on top was the fastest variant within a 1-point budget on an AVX2 CPU.
-ALL = ["bf16", "int8-dynamic", "int8-static", "onnx", "onnx-int8", "int8-weight-only", "int4-weight-only",
-       "prune-magnitude", "prune-structured", "prune-structured+int8-dynamic", "prune-structured+onnx-int8",
-       "distill", "distill+int8-dynamic", "distill+onnx-int8", "share-layers"]
 OPTION_FIELDS = ["train_epochs", "train_max_steps", "train_lr", "train_bf16", "distill_layers", "temperature",
                  "soft_weight", "hidden_weight", "prune_heads", "prune_ffn", "sparsity", "share_groups"]
 OBJECTIVES = {  # objective -> (row key, True when larger is better)
@@ -50,53 +33,39 @@ OBJECTIVES = {  # objective -> (row key, True when larger is better)
 }
 
 
-def expand_methods(names: list[str]) -> list[str]:
-    """`all` and comma lists expanded; each `A+B` part checked against the known methods."""
-    methods: list[str] = []
-    for item in names:
-        for name in (n.strip() for n in item.split(",")):
-            if not name:
-                continue
-            if name == "all":
-                methods += ALL
-                continue
-            for part in name.split("+"):
-                if part not in METHODS:
-                    raise DanluError(f"--methods: unknown method {part!r}{did_you_mean(part, list(METHODS))}")
-            methods.append(name)
-    return list(dict.fromkeys(methods))
+def check_task_model(path: Path):
+    """The task module of an encoder artifact with a task head, or a clear error."""
+    from danlu.runtime import task_of
+    from danlu.runtime.heads import head_suffix
+    from danlu.tasks import TASKS, get_task
 
-
-def check_classifier(path: Path) -> tuple[dict, list[str]]:
-    """The artifact's manifest and labels, or a clear error when it has no classification head."""
-    manifest = read_manifest(path)
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-    architectures = config.get("architectures") or []
-    if manifest.get("task") not in (None, "classify"):
-        raise DanluError(f"{path} is a {manifest['task']!r} artifact; danlu compress takes classifiers and decoders")
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    task = task_of(path)
+    if task not in TASKS or head_suffix(path) is None and not (path / "model.onnx").exists():
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+        architectures = config.get("architectures") or []
         raise DanluError(f"{path} has no task head (architectures: {', '.join(architectures) or 'none'}); "
                          "fine-tune it first: danlu finetune --model ... --data ... --out ...")
-    labels = manifest.get("labels") or [config["id2label"][str(i)] for i in range(len(config.get("id2label", {})))]
-    return manifest, labels
+    return get_task(task)
 
 
 def compress(args: CompressArgs) -> dict:
     """Run the search; write OUT/variants/*, OUT/results.json, OUT/report.md|html; return the results."""
-    from danlu.compress.decoder import compress_decoder, is_decoder
-    from danlu.data.classification import load_classification
+    from danlu.compress.decoder import compress_decoder
+    from danlu.runtime import is_decoder
+    from danlu.tasks.base import DataSpec
 
     parent = resolve_model(args.artifact)
     methods = expand_methods(args.methods)
     if is_decoder(parent):
         return compress_decoder(args, parent)
-    manifest, labels = check_classifier(parent)
+    task = check_task_model(parent)
+    manifest = Manifest.read(parent)
     if not args.eval_data:
-        raise DanluError("--eval-data is required for a classifier (the data to measure accuracy on)")
-    saved = manifest.get("args", {})
-    data = load_classification(args.eval_data, saved.get("text_column", "text"), saved.get("label_column", "label"),
-                               saved.get("seed", 42), saved.get("val_ratio", 0.1), saved.get("test_ratio", 0.1))
-    if sorted(data.labels) != sorted(labels):
+        raise DanluError("--eval-data is required for an encoder model (the data to measure its quality on)")
+    spec = DataSpec.from_args(args.eval_data, manifest.args)
+    data = task.load_data(spec)
+    labels = manifest.labels or data.labels
+    if task.NAME == "classify" and sorted(data.labels) != sorted(labels):
         raise DanluError(f"{args.eval_data} has labels {', '.join(data.labels)} but the artifact was trained on "
                          f"{', '.join(labels)}; give data with the artifact's labels")
     test = data.splits["test"]
@@ -107,19 +76,22 @@ def compress(args: CompressArgs) -> dict:
     shutil.rmtree(out / "logs", ignore_errors=True)  # logs of an earlier search into the same folder
     measure_args = {"threads": args.threads, "repeats": args.repeats, "latency_samples": args.latency_samples,
                     "throughput_batches": args.throughput_batches, "seed": args.seed}
-    results = {"artifact": str(parent), "eval_data": args.eval_data, "objective": args.objective,
+    context = {"task": task, "spec": spec, "data": data, "labels": labels, "manifest": manifest,
+               "measure": measure_args}
+    results = {"artifact": str(parent), "eval_data": args.eval_data, "task": task.NAME,
+               "quality_metric": task.PRIMARY_METRIC, "objective": args.objective,
                "max_accuracy_drop": args.max_accuracy_drop, "methods": methods, "test_examples": len(test),
                "load_average_1min": os.getloadavg()[0], "rows": [], "chosen": None}
-    print(f"measuring the original on {len(test)} test texts ...", file=sys.stderr)
+    print(f"measuring the original on {len(test)} test examples ...", file=sys.stderr)
     try:
-        original = _measure(parent, test, out / "logs" / "original", measure_args)
+        original = _measure(parent, context, out / "logs" / "original")
     except RuntimeError as e:
         raise DanluError(f"cannot measure the original {parent}: {e}") from None
     results["rows"].append({"variant": "original", "method": "original", "status": "ok", "path": str(parent),
                             **original})
     made: dict[str, Path | BaseException] = {"": parent}  # variant key -> its folder, or the error it raised
     for name in methods:
-        row = _run_method(name, made, data, labels, saved, args, out, test, measure_args)
+        row = _run_method(name, made, context, args, out)
         results["rows"].append(row)
         _finish(results, args, out)
         print(f"{name}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""), file=sys.stderr)
@@ -132,10 +104,12 @@ def compress(args: CompressArgs) -> dict:
     return results
 
 
-def _measure(folder: Path, test, work: Path, measure_args: dict) -> dict:
+def _measure(folder: Path, context: dict, work: Path) -> dict:
+    from dataclasses import asdict
+
     from danlu.compress.measure import measure_in_subprocess
 
-    return measure_in_subprocess(folder, test.texts, test.labels, work, **measure_args)
+    return measure_in_subprocess(folder, context["task"].NAME, asdict(context["spec"]), work, **context["measure"])
 
 
 def made_with(folder: Path, parent: Path, method: str, options: dict) -> bool:
@@ -150,8 +124,7 @@ def made_with(folder: Path, parent: Path, method: str, options: dict) -> bool:
             and json.loads(json.dumps(recorded)) == json.loads(json.dumps({"method": method, **options})))
 
 
-def _run_method(name: str, made: dict[str, Path], data, labels, saved, args: CompressArgs, out: Path, test,
-                measure_args: dict) -> dict:
+def _run_method(name: str, made: dict[str, Path], context: dict, args: CompressArgs, out: Path) -> dict:
     """Make (or reuse) each stage of `name` (A+B: B applied to A's variant), then measure the result."""
     row: dict = {"variant": name, "method": name}
     parts = name.split("+")
@@ -169,10 +142,12 @@ def _run_method(name: str, made: dict[str, Path], data, labels, saved, args: Com
                 print(f"{key}: reusing {previous}", file=sys.stderr)
                 made[key] = previous
                 continue
-            job = CompressJob(parent=made["+".join(parts[:i])], out=out / "variants" / key, data=data, labels=labels,
-                              max_length=int(saved.get("max_length", 128)),
+            task, recorded = context["task"], context["manifest"].args
+            job = CompressJob(parent=made["+".join(parts[:i])], out=out / "variants" / key, data=context["data"],
+                              labels=context["labels"], task=task.NAME, max_length=int(recorded.get("max_length", 128)),
                               calibration_samples=args.calibration_samples, seed=args.seed, threads=args.threads,
-                              options=options)
+                              options=options, task_options={k: recorded[k] for k in getattr(task, "OPTIONS", ())
+                                                             if k in recorded})
             module, function = METHODS[part]
             try:
                 made[key] = Path(getattr(importlib.import_module(module), function)(job))
@@ -184,10 +159,10 @@ def _run_method(name: str, made: dict[str, Path], data, labels, saved, args: Com
         row["make_seconds"] = round(time.perf_counter() - started, 2)
         folder = made[name]
         row["path"] = str(folder)
-        row.update(_measure(folder, test, out / "logs" / name, measure_args))
+        row.update(_measure(folder, context, out / "logs" / name))
         row["status"] = "ok"
-        update_metrics(folder, {"compress": {k: v for k, v in row.items() if k not in ("path",)},
-                                "test": {"accuracy": row["accuracy"], "macro_f1": row["macro_f1"]}})
+        scores = {k: row[k] for k in ("accuracy", "macro_f1", "f1", "precision", "recall", "exact_match") if k in row}
+        update_metrics(folder, {"compress": {k: v for k, v in row.items() if k not in ("path",)}, "test": scores})
     except NotApplicable as e:
         row.update(status="skipped", reason=str(e))
     except (KeyboardInterrupt, SystemExit):
@@ -211,7 +186,7 @@ def _finish(results: dict, args: CompressArgs, out: Path) -> dict:
     for row in rows:
         if row["status"] != "ok":
             continue
-        row["accuracy_drop"] = round(100 * (base["accuracy"] - row["accuracy"]), 4)
+        row["accuracy_drop"] = round(100 * (base["quality"] - row["quality"]), 4)  # points of the primary metric
         row["within_budget"] = row["accuracy_drop"] <= args.max_accuracy_drop + 1e-9
         row["latency_speedup"] = base["latency_ms"] / row["latency_ms"]
         row["throughput_speedup"] = row["throughput"] / base["throughput"]

@@ -27,6 +27,7 @@ def share_layers(job: CompressJob) -> Path:
     """An ALBERT-style student: groups of layers share one set of weights; distilled from the parent."""
     from safetensors.torch import save_model
 
+    job.require_task("classify", method="share-layers")
     teacher, tokenizer = load_parent(job)
     n = len(encoder_layers(teacher))
     groups_wanted = job.options.get("share_groups", 1)

@@ -9,23 +9,39 @@ import torch
 
 from danlu.compress.job import CompressJob
 from danlu.config import TrainArgs
-from danlu.evaluate.classify import encode
 
 
-def train_features(job: CompressJob, tokenizer) -> tuple[list[dict], list[int]]:
-    """Token features and label ids of the training split."""
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def task_objective(job: CompressJob, tokenizer, limit: int = 0):
+    """The parent task's training objective over the train split (a seeded sample of `limit` examples
+    when set) and its items' lengths."""
+    from danlu.tasks import get_task
+
+    examples = list(job.data.splits["train"])
+    if limit:
+        random.Random(job.seed).shuffle(examples)
+        examples = examples[:limit]
+    return get_task(job.task).make_objective(tokenizer, examples, job.labels, job.max_length, **job.task_options)
+
+
+def calibration_batches(job: CompressJob, tokenizer, batch_size: int = 16, with_targets: bool = False
+                        ) -> list[dict[str, torch.Tensor]]:
+    """`job.calibration_samples` training examples (seeded sample) as model-input batches (with the task's
+    targets too when `with_targets`), for calibration and importance scores."""
+    objective, lengths = task_objective(job, tokenizer, job.calibration_samples)
+    batches = [objective.collate(list(range(i, min(i + batch_size, len(lengths)))))
+               for i in range(0, len(lengths), batch_size)]
+    return batches if with_targets else [{k: v for k, v in b.items() if k in MODEL_INPUTS} for b in batches]
+
+
+def classification_features(job: CompressJob, tokenizer) -> tuple[list[dict], list[int]]:
+    """Token features and label ids of the training split of a classifier (distillation)."""
+    from danlu.tasks.classify import encode
+
     train = job.data.splits["train"]
-    return encode(tokenizer, train.texts, job.max_length), [job.labels.index(y) for y in train.labels]
-
-
-def calibration_features(job: CompressJob, tokenizer) -> tuple[list[dict], list[int]]:
-    """A seeded sample of `job.calibration_samples` training examples (importance scores, calibration)."""
-    train = job.data.splits["train"]
-    order = list(range(len(train)))
-    random.Random(job.seed).shuffle(order)
-    order = order[: job.calibration_samples]
-    features = encode(tokenizer, [train.texts[i] for i in order], job.max_length)
-    return features, [job.labels.index(train.labels[i]) for i in order]
+    return encode(tokenizer, [t for t, _ in train], job.max_length), [job.labels.index(y) for _, y in train]
 
 
 def run_training(model: torch.nn.Module, objective, lengths: list[int], job: CompressJob, name: str,

@@ -20,8 +20,9 @@ import torch
 
 from danlu.artifact import atomic_dir, read_manifest, write_manifest
 from danlu.compress.job import CompressJob, NotApplicable
-
-INT8_SUFFIX, SCALE_SUFFIX = ".weight_int8", ".weight_scale"
+from danlu.runtime.variants import (INT8_SUFFIX, SCALE_SUFFIX, load_variant_model, rebuild_int8_dynamic,  # noqa: F401
+                                    resize_linears, select_quantized_engine, tie_layers)
+from danlu.runtime.variants import encoder_layers as _encoder_layers
 
 
 def load_parent(job: CompressJob, attn: str = "sdpa"):
@@ -36,11 +37,10 @@ def load_parent(job: CompressJob, attn: str = "sdpa"):
 
 def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The list of transformer layers of a BERT-like encoder, or NotApplicable."""
-    base = getattr(model, model.base_model_prefix, None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise NotApplicable(f"{type(model).__name__} is not a BERT-style encoder (no encoder.layer list)")
-    return layers
+    try:
+        return _encoder_layers(model)
+    except ValueError as e:
+        raise NotApplicable(str(e)) from None
 
 
 def write_variant(job: CompressJob, method: str, save, *, load: dict[str, Any] | None = None,
@@ -82,79 +82,3 @@ def int8_state(model: torch.nn.Module, embeddings: bool = True) -> dict[str, tor
         else:
             state[key] = value.detach().contiguous()
     return state
-
-
-def rebuild_int8_dynamic(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Load an `int8_state` into a float model: embeddings de-quantised, Linears as dynamic int8."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    floats = {}
-    for key, value in state.items():
-        if key.endswith(INT8_SUFFIX):
-            module = key[: -len(INT8_SUFFIX)]
-            floats[module + ".weight"] = value.float() * state[module + SCALE_SUFFIX][:, None]
-        elif not key.endswith(SCALE_SUFFIX):
-            floats[key] = value
-    resize_linears(model, floats)  # a pruned parent's layers are narrower than its config says
-    model.load_state_dict(floats, strict=False)
-    select_quantized_engine()
-    model = quantize_dynamic(model.eval(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-    for name, module in model.named_modules():
-        if isinstance(module, DynamicLinear) and name + INT8_SUFFIX in state:
-            scale = state[name + SCALE_SUFFIX].double()
-            qweight = torch._make_per_channel_quantized_tensor(
-                state[name + INT8_SUFFIX], scale, torch.zeros_like(scale, dtype=torch.long), 0)
-            module.set_weight_bias(qweight, module.bias())
-    return model
-
-
-def select_quantized_engine() -> None:
-    """The quantized engine this CPU runs dynamic int8 fastest on (danlu.hardware.int8_engine)."""
-    from danlu.hardware import int8_engine
-
-    torch.backends.quantized.engine = int8_engine()
-
-
-# ---- loading any variant ----------------------------------------------------------------------------
-
-
-def load_variant_model(path: str | Path, attn: str = "sdpa") -> torch.nn.Module:
-    """A PyTorch classifier from an artifact folder, applying the `load` recipe of danlu.json."""
-    from safetensors.torch import load_file, load_model
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    path = Path(path)
-    recipe = read_manifest(path).get("load") or {}
-    if not recipe:
-        return AutoModelForSequenceClassification.from_pretrained(str(path), attn_implementation=attn).eval()
-    config = AutoConfig.from_pretrained(str(path))
-    config._attn_implementation = attn
-    model = AutoModelForSequenceClassification.from_config(config).eval()
-    weights = path / "model.safetensors"
-    if recipe.get("format") == "int8-dynamic":
-        return rebuild_int8_dynamic(model, load_file(str(weights)))
-    if recipe.get("resized"):
-        resize_linears(model, load_file(str(weights)))
-    if recipe.get("shared_layers"):
-        tie_layers(model, recipe["shared_layers"])
-    load_model(model, str(weights), strict=True)
-    return model.to(getattr(torch, recipe.get("dtype", "float32"))).eval()
-
-
-def resize_linears(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Replace each nn.Linear whose checkpoint weight has another shape by one of that shape."""
-    for name, module in list(model.named_modules()):
-        weight = state.get(name + ".weight")
-        if isinstance(module, torch.nn.Linear) and weight is not None and weight.shape != module.weight.shape:
-            parent_name, _, leaf = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(parent, leaf, torch.nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None))
-
-
-def tie_layers(model: torch.nn.Module, groups: list[list[int]]) -> None:
-    """Make every layer of a group the same module as the group's first (cross-layer sharing)."""
-    layers = encoder_layers(model)
-    for group in groups:
-        for index in group[1:]:
-            layers[index] = layers[group[0]]

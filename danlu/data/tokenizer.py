@@ -105,7 +105,7 @@ def load_existing_tokenizer(name_or_path: str):
 
     path = Path(name_or_path).expanduser()
     if not (path.is_dir() and ((path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists())):
-        from danlu.artifact import resolve_model
+        from danlu.assets import resolve_model
 
         try:
             path = resolve_model(name_or_path)

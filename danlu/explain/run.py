@@ -36,7 +36,7 @@ def explain(args: ExplainArgs) -> Path:
     """Write the page(s) and JSON; return the path of the (summary) page."""
     from danlu.explain.attribution import explain_text
 
-    loaded = load_differentiable(args.artifact, args.device or None)
+    loaded, notes = load_differentiable(args.artifact, args.device or None)
     model, tok = loaded.model, loaded.tokenizer
     if args.text:
         e = explain_text(model, tok, loaded.labels, args.text, loaded.max_length, args.steps, args.target,
@@ -44,9 +44,9 @@ def explain(args: ExplainArgs) -> Path:
         out = Path(args.out or "explain.html")
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out.with_suffix(".json"), json.dumps(
-            {"artifact": str(loaded.path), "notes": loaded.notes, **e.to_dict()}) + "\n")
-        atomic_write_text(out, example_page(e, str(args.artifact), loaded.notes))
-        for note in loaded.notes:
+            {"artifact": str(loaded.path), "notes": notes, **e.to_dict()}) + "\n")
+        atomic_write_text(out, example_page(e, str(args.artifact), notes))
+        for note in notes:
             print(f"note: {note}")
         print(f"prediction: {e.prediction} ({e.probabilities[e.prediction]:.4f}); attributions to {e.target}, "
               f"{e.steps} steps, convergence delta {e.convergence_delta:.4g}")
@@ -67,17 +67,17 @@ def explain(args: ExplainArgs) -> Path:
     with atomic_dir(out) as tmp:
         (tmp / "examples").mkdir()
         for row, e in zip(rows, explanations):
-            (tmp / row["page"]).write_text(example_page(e, str(args.artifact), loaded.notes, back="../index.html"),
+            (tmp / row["page"]).write_text(example_page(e, str(args.artifact), notes, back="../index.html"),
                                            encoding="utf-8")
             (tmp / row["page"]).with_suffix(".json").write_text(json.dumps(e.to_dict()) + "\n", encoding="utf-8")
         summary = {"artifact": str(loaded.path), "data": args.data, "split": args.split, "n": len(texts),
-                   "steps": args.steps, "mean_convergence_delta": mean_delta, "notes": loaded.notes,
+                   "steps": args.steps, "mean_convergence_delta": mean_delta, "notes": notes,
                    "accuracy_on_these": sum(r["label"] == r["prediction"] for r in rows) / len(rows),
                    "top_tokens": top, "examples": rows}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         (tmp / "index.html").write_text(summary_page(
             artifact=str(args.artifact), data=args.data, split=args.split, examples=rows, top=top,
-            steps=args.steps, mean_delta=mean_delta, notes=loaded.notes), encoding="utf-8")
+            steps=args.steps, mean_delta=mean_delta, notes=notes), encoding="utf-8")
     print(f"{len(texts)} examples explained, mean convergence delta {mean_delta:.4g}", file=sys.stderr)
     print(f"wrote {out / 'index.html'}")
     return out / "index.html"

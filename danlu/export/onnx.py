@@ -3,7 +3,8 @@
 The graph is exported with eager attention: ONNX Runtime's BERT fusions (Attention,
 SkipLayerNormalization, BiasGelu, EmbedLayerNormalization) only recognise the eager pattern, not SDPA
 (shared/MACHINE-NOTES.md). The result is a danlu artifact (model.onnx + config + tokenizer + danlu.json)
-that `danlu evaluate`/`predict` run on onnxruntime through `OnnxClassifier`.
+that `danlu evaluate`/`predict`/`serve` run on onnxruntime through `danlu.runtime` (`OnnxModel`). The
+graph's outputs are the task's (`ONNX_OUTPUTS`: logits, or start/end logits for QA).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Iterable
 
 import torch
@@ -24,28 +24,34 @@ from danlu.errors import DanluError
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class _Logits(torch.nn.Module):
-    """Named inputs in, logits out: the signature the exported graph gets."""
+class _Outputs(torch.nn.Module):
+    """Named inputs in, the task's outputs out: the signature the exported graph gets."""
 
-    def __init__(self, model: torch.nn.Module, names: list[str]):
+    def __init__(self, model: torch.nn.Module, names: list[str], outputs: tuple[str, ...]):
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.outputs = model, names, outputs
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, tensors))).logits
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        result = self.model(**dict(zip(self.names, tensors)))
+        return tuple(getattr(result, name) for name in self.outputs)
 
 
-def export_graph(model: torch.nn.Module, tokenizer, path: Path, opset: int = 17) -> list[str]:
+def export_graph(model: torch.nn.Module, tokenizer, path: Path, opset: int = 17,
+                 outputs: tuple[str, ...] = ("logits",)) -> list[str]:
     """Write `model` (fp32, eager attention) to `path` with dynamic batch and sequence axes."""
     sample = tokenizer(["a first example sentence", "and a second, somewhat longer example sentence"],
                        padding=True, return_tensors="pt")
     names = [n for n in INPUTS if n in sample]
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    per_token = model(**{n: sample[n] for n in names})  # which outputs have a sequence axis
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    for name in outputs:
+        axes[name] = {0: "batch", 1: "sequence"} if getattr(per_token, name).dim() >= 2 and \
+            getattr(per_token, name).shape[1] == sample["input_ids"].shape[1] else {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's tracer warnings are expected here
         # The TorchScript exporter (dynamo=False) gives the graph ONNX Runtime's BERT fusions match.
-        torch.onnx.export(_Logits(model.eval(), names), tuple(sample[n] for n in names), str(path),
-                          input_names=names, output_names=["logits"], dynamic_axes=axes,
+        torch.onnx.export(_Outputs(model.eval(), names, outputs), tuple(sample[n] for n in names), str(path),
+                          input_names=names, output_names=list(outputs), dynamic_axes=axes,
                           opset_version=opset, dynamo=False)
     return names
 
@@ -94,46 +100,18 @@ def quantize_static_graph(src: Path, dst: Path, batches: Iterable[dict[str, torc
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "ActivationSymmetric": False})
 
 
-class OnnxClassifier:
-    """An ONNX Runtime session that looks like a `transformers` classifier to danlu's code:
-    called with input tensors it returns an object with `.logits`; it has `.config` and `.device`."""
-
-    def __init__(self, folder: str | Path, threads: int = 0):
-        import onnxruntime as ort
-        from transformers import AutoConfig
-
-        folder = Path(folder)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.config = AutoConfig.from_pretrained(str(folder))
-        self.device = torch.device("cpu")
-
-    def __call__(self, **batch: torch.Tensor) -> SimpleNamespace:
-        feed = {name: batch[name].cpu().numpy() for name in self.input_names if name in batch}
-        if "token_type_ids" in self.input_names and "token_type_ids" not in feed:
-            feed["token_type_ids"] = torch.zeros_like(batch["input_ids"]).numpy()
-        return SimpleNamespace(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]))
-
-    def eval(self) -> "OnnxClassifier":
-        return self
-
-    def to(self, *_args, **_kwargs) -> "OnnxClassifier":
-        return self  # onnxruntime's CPU provider: the session stays where it is
-
-    def parameters(self):
-        return iter(())
-
-
 def write_onnx_variant(parent: Path, folder: Path, optimize: int, quantize: str, opset: int = 17,
-                       calibration: list[dict[str, torch.Tensor]] | None = None) -> dict:
-    """Export `parent` into `folder` (model.onnx, config, tokenizer); returns what was done."""
+                       calibration: list[dict[str, torch.Tensor]] | None = None,
+                       outputs: tuple[str, ...] | None = None) -> dict:
+    """Export `parent` into `folder` (model.onnx, config, tokenizer); returns what was done.
+
+    `outputs` default to those of the parent's task (its ONNX_OUTPUTS)."""
     from transformers import AutoTokenizer
 
     from danlu.compress.job import NotApplicable
-    from danlu.compress.variant import load_variant_model
+    from danlu.runtime import task_of
+    from danlu.runtime.variants import load_variant_model
+    from danlu.tasks import get_task
 
     model = load_variant_model(parent, attn="eager")
     if any(p.dtype != torch.float32 for p in model.parameters()) or not any(True for _ in model.parameters()):
@@ -144,8 +122,10 @@ def write_onnx_variant(parent: Path, folder: Path, optimize: int, quantize: str,
     work = Path(folder).resolve() / ".work"
     work.mkdir(parents=True, exist_ok=True)
     raw = work / "raw.onnx"
-    inputs = export_graph(model, tokenizer, raw, opset)
-    info: dict = {"inputs": inputs, "opset": opset, "optimize": optimize, "quantize": quantize}
+    outputs = outputs or get_task(task_of(parent)).ONNX_OUTPUTS
+    inputs = export_graph(model, tokenizer, raw, opset, outputs)
+    info: dict = {"inputs": inputs, "outputs": list(outputs), "opset": opset, "optimize": optimize,
+                  "quantize": quantize}
     with _working_directory(work):  # ONNX Runtime's shape inference drops temp files into the cwd
         current = _optimize_and_quantize(model, raw, work, optimize, quantize, calibration, info)
     shutil.move(str(current), folder / "model.onnx")
@@ -202,72 +182,86 @@ def _optimize_and_quantize(model, raw: Path, work: Path, optimize: int, quantize
     return current
 
 
-def parity_check(parent: Path, onnx_folder: Path, texts: list[str], max_length: int) -> dict:
-    """Max |logit difference| between PyTorch (fp32) and the ONNX graph, and label agreement."""
+def parity_check(parent: Path, onnx_folder: Path, task, examples: list, labels: list[str], max_length: int,
+                 options: dict | None = None) -> dict:
+    """PyTorch (fp32) against the ONNX graph on `examples`: the largest |difference| of any output, and the
+    share of inputs whose decoded prediction (the task's `decision`: label, entity spans, answer span) agrees."""
     from transformers import AutoTokenizer
 
-    from danlu.compress.variant import load_variant_model
-    from danlu.evaluate.classify import encode, pad
+    from danlu.compress.training import MODEL_INPUTS
+    from danlu.runtime.onnx_model import OnnxModel
+    from danlu.runtime.variants import load_variant_model
 
+    options = options or {}
     model = load_variant_model(parent, attn="eager").float().eval()
-    session = OnnxClassifier(onnx_folder)
+    session = OnnxModel(onnx_folder)
     tokenizer = AutoTokenizer.from_pretrained(str(parent))
-    features = encode(tokenizer, texts, max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    max_diff, agree = 0.0, 0
+    objective, lengths = task.make_objective(tokenizer, examples, labels, max_length, **options)
+    max_diff = 0.0
     with torch.inference_mode():
-        for start in range(0, len(features), 32):
-            batch = pad(features[start:start + 32], pad_id)
-            reference = model(**batch).logits.float()
-            got = session(**batch).logits.float()
-            max_diff = max(max_diff, float((reference - got).abs().max()))
-            agree += int((reference.argmax(-1) == got.argmax(-1)).sum())
-    return {"max_abs_logit_diff": max_diff, "label_agreement": agree / max(len(features), 1),
-            "examples": len(features)}
+        for start in range(0, len(lengths), 32):
+            batch = {k: v for k, v in objective.collate(list(range(start, min(start + 32, len(lengths))))).items()
+                     if k in MODEL_INPUTS}
+            reference, got = model(**batch), session(**batch)
+            for name in task.ONNX_OUTPUTS:
+                diff = (getattr(reference, name).float() - getattr(got, name).float()).abs().max()
+                max_diff = max(max_diff, float(diff))
+        inputs = [task.input_of(e) for e in examples]
+        expected = task.predict(model, tokenizer, inputs, labels, max_length, **options)
+        actual = task.predict(session, tokenizer, inputs, labels, max_length, **options)
+    agree = sum(task.decision(a) == task.decision(b) for a, b in zip(expected, actual))
+    return {"max_abs_output_diff": max_diff, "prediction_agreement": agree / max(len(examples), 1),
+            "examples": len(examples)}
 
 
 def export_command(args) -> dict:
     """Library function of `danlu export`: write the ONNX artifact and print the parity check."""
-    from danlu.artifact import atomic_dir, read_manifest, resolve_model, update_metrics, write_manifest
+    from danlu.artifact import Manifest, atomic_dir, update_metrics, write_manifest
+    from danlu.assets import resolve_model
     from danlu.compress.job import NotApplicable
-    from danlu.evaluate.classify import load_classifier
+    from danlu.runtime import is_decoder, task_of
+    from danlu.tasks import TASKS, get_task
 
     parent = resolve_model(args.artifact)
-    clf = load_classifier(str(parent), device="cpu")  # also rejects non-classifiers with a clear error
     if (parent / "model.onnx").exists():
         raise DanluError(f"{parent} is already an ONNX artifact")
-    manifest = read_manifest(parent)
-    texts = _parity_texts(args, manifest)
+    task_name = task_of(parent)
+    if is_decoder(parent) or task_name not in TASKS:
+        raise DanluError(f"{parent} is a {task_name!r} model; `danlu export --format onnx` takes fine-tuned encoder "
+                         f"task models ({', '.join(TASKS)})")
+    task = get_task(task_name)
+    manifest = Manifest.read(parent)
+    options = {k: manifest.args[k] for k in getattr(task, "OPTIONS", ()) if k in manifest.args}
+    labels, max_length = manifest.labels or [], int(manifest.args.get("max_length") or 128)
+    examples = _parity_examples(args, task, manifest)
     if args.parity_samples:
-        texts = texts[: args.parity_samples]
+        examples = examples[: args.parity_samples]
     out = Path(args.out)
     quantize = "int8" if args.quantize == "int8" else "none"
     with atomic_dir(out) as tmp:
         try:
-            info = write_onnx_variant(parent, tmp, args.optimize, quantize, args.opset)
+            info = write_onnx_variant(parent, tmp, args.optimize, quantize, args.opset, outputs=task.ONNX_OUTPUTS)
         except NotApplicable as e:
             raise DanluError(f"cannot export {parent}: {e}") from None
-        write_manifest(tmp, task="classify", stage="export", args={**manifest.get("args", {}),
+        write_manifest(tmp, task=task.NAME, stage="export", args={**manifest.args,
                        "export": {"format": "onnx", "optimize": args.optimize, "quantize": args.quantize}},
-                       parent=str(parent), labels=clf.labels, data_fingerprint=manifest.get("data_fingerprint"),
-                       data=manifest.get("data"), method="onnx" + ("-int8" if quantize == "int8" else ""),
-                       onnx=info, base_model=manifest.get("base_model", str(parent)))
-    parity = parity_check(parent, out, texts, clf.max_length)
+                       parent=str(parent), labels=labels, data_fingerprint=manifest.data_fingerprint,
+                       data=manifest.data, method="onnx" + ("-int8" if quantize == "int8" else ""),
+                       onnx=info, primary_metric=task.PRIMARY_METRIC, base_model=manifest.base_model or str(parent))
+    parity = parity_check(parent, out, task, examples, labels, max_length, options)
     update_metrics(out, {"parity": parity})
     print(f"wrote {out / 'model.onnx'} ({(out / 'model.onnx').stat().st_size / 1e6:.1f} MB)"
           + (f"; fused: {json.dumps(info['fused_operators'])}" if info.get("fused_operators") else ""))
-    print(f"parity vs PyTorch on {parity['examples']} texts: max |logit diff| {parity['max_abs_logit_diff']:.2e}, "
-          f"label agreement {parity['label_agreement']:.4f}")
+    print(f"parity vs PyTorch on {parity['examples']} examples: max |output diff| {parity['max_abs_output_diff']:.2e}, "
+          f"prediction agreement {parity['prediction_agreement']:.4f}")
     return parity
 
 
-def _parity_texts(args, manifest: dict) -> list[str]:
-    from danlu.data.classification import load_classification
+def _parity_examples(args, task, manifest) -> list:
+    from danlu.tasks.base import DataSpec
 
-    source = args.eval_data or (manifest.get("data") or {}).get("source")
+    source = args.eval_data or manifest.data_source
     if not source:
         raise DanluError("give --eval-data: the artifact does not record its fine-tuning data")
-    saved = manifest.get("args", {})
-    data = load_classification(source, saved.get("text_column", "text"), saved.get("label_column", "label"),
-                               saved.get("seed", 42), saved.get("val_ratio", 0.1), saved.get("test_ratio", 0.1))
-    return data.splits["test"].texts or data.splits["train"].texts
+    data = task.load_data(DataSpec.from_args(source, manifest.args))
+    return list(data.splits["test"]) or list(data.splits["train"])

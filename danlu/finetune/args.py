@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from danlu.config import TrainArgs, arg, check
+from danlu.tasks import TASKS
 
 
 @dataclass
@@ -16,12 +17,14 @@ class FinetuneArgs:
     data: str = arg(help="packaged data set name, or a CSV/TSV/JSONL/Parquet file, or a folder with "
                          "train/validation/test files")
     out: str = arg(help="folder for the artifact (written atomically; checkpoints go to OUT.run/)")
-    task: Literal["classify"] = arg("classify", "the downstream task")
-    text_column: str = arg("text", "column holding the input text")
-    label_column: str = arg("label", "column holding the label")
-    max_length: int = arg(128, "truncate inputs to this many tokens")
+    task: str = arg("classify", "the downstream task: " + ", ".join(TASKS))
+    text_column: str = arg("text", "classify: column holding the input text")
+    label_column: str = arg("label", "classify: column holding the label")
+    max_length: int = arg(128, "tokens per model input; longer inputs are truncated (classify) or split into "
+                               "overlapping windows (ner, qa)")
     val_ratio: float = arg(0.1, "share of a single data file held out for validation")
     test_ratio: float = arg(0.1, "share of a single data file held out for the final test")
+    max_train_examples: int = arg(0, "train on a seeded sample of this many training examples (0 = all)")
     lora: bool = arg(False, "train LoRA adapters (peft) instead of all weights")
     lora_r: int = arg(8, "LoRA rank")
     lora_alpha: int = arg(16, "LoRA scaling alpha")
@@ -33,6 +36,8 @@ class FinetuneArgs:
     train: TrainArgs = arg(default_factory=TrainArgs)
 
     def __post_init__(self) -> None:
+        check(self.task in TASKS, "--task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        check(self.max_train_examples >= 0, "--max-train-examples", f"must be >= 0, got {self.max_train_examples}")
         check(self.max_length >= 8, "--max-length", f"must be >= 8, got {self.max_length}")
         check(0 < self.val_ratio < 0.5, "--val-ratio", f"must be in (0, 0.5), got {self.val_ratio}")
         check(0 < self.test_ratio < 0.5, "--test-ratio", f"must be in (0, 0.5), got {self.test_ratio}")

@@ -84,7 +84,7 @@ def _model_and_arch(args: PretrainArgs, data: Prepared):
 
     set_seed(args.train.seed)
     if args.init:
-        from danlu.artifact import resolve_model
+        from danlu.assets import resolve_model
 
         path = resolve_model(args.init)
         from transformers import AutoConfig

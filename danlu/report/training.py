@@ -7,14 +7,14 @@ import html
 from pathlib import Path
 
 
-def plot_curve(history: list[dict], path: Path) -> None:
+def plot_curve(history: list[dict], path: Path, metric: str = "accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     train = [(e["step"], e["loss"]) for e in history if "loss" in e]
-    evals = [(e["step"], e["eval_accuracy"]) for e in history if "eval_accuracy" in e]
+    evals = [(e["step"], e[f"eval_{metric}"]) for e in history if f"eval_{metric}" in e]
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
     if train:
         ax.plot(*zip(*train), label="training loss", color="tab:blue")
@@ -22,8 +22,8 @@ def plot_curve(history: list[dict], path: Path) -> None:
     ax.set_ylabel("loss")
     if evals:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*evals), "o-", label="validation accuracy", color="tab:orange")
-        ax2.set_ylabel("validation accuracy")
+        ax2.plot(*zip(*evals), "o-", label=f"validation {metric}", color="tab:orange")
+        ax2.set_ylabel(f"validation {metric}")
     fig.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
@@ -31,7 +31,8 @@ def plot_curve(history: list[dict], path: Path) -> None:
 
 
 def write_training_report(folder: Path, manifest: dict, history: list[dict]) -> None:
-    plot_curve(history, folder / "curve.png")
+    metric = manifest.get("primary_metric") or "accuracy"
+    plot_curve(history, folder / "curve.png", metric)
     test = manifest["metrics"].get("test", {})
     lines = [f"# danlu {manifest['stage']}: {manifest['task']}", "",
              f"- base model: `{manifest['parent']}`", f"- data: `{manifest['data']['source']}`, "
@@ -39,11 +40,13 @@ def write_training_report(folder: Path, manifest: dict, history: list[dict]) -> 
              f"- steps: {manifest['metrics']['steps']}, best step {manifest['metrics']['best_step']}",
              f"- training throughput: {manifest['metrics']['train_examples_per_second']} examples/s", ""]
     if test:
-        lines += ["## Test metrics", "", f"accuracy **{test['accuracy']:.4f}**, macro-F1 "
-                  f"**{test['macro_f1']:.4f}** on {test['examples']} examples", "",
-                  "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        scalars = ", ".join(f"{k} {v:.4f}" for k, v in test.items()
+                            if isinstance(v, float) and k not in (metric, "loss"))
+        lines += ["## Test metrics", "", f"{metric} **{test[metric]:.4f}**, {scalars} on {test['examples']} examples",
+                  "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        per_label = test.get("per_class") or test.get("per_type") or {}  # classify: per class; ner: per entity type
         lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
-                  for k, v in test["per_class"].items()]
+                  for k, v in per_label.items()]
         lines += [""]
     write_markdown_and_html(folder, lines, "Training curve", manifest["args"], "danlu report")
 

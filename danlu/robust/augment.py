@@ -84,7 +84,7 @@ class TextAugmentedObjective:
             self.objective.set_epoch(epoch)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        from danlu.evaluate.classify import encode, pad
+        from danlu.tasks.classify import encode, pad
 
         rng = random.Random(f"{self.seed}/{self.epoch}/{','.join(map(str, indices))}")
         texts = [self.augment(self.texts[i], rng) if rng.random() < self.prob else self.texts[i] for i in indices]
@@ -189,13 +189,17 @@ class AdversarialObjective:
         return (1 - self.weight) * clean + self.weight * adv
 
 
-def augment_objective(mode: str, objective, texts: list[str], label_ids: list[int], tokenizer, max_length: int,
+def augment_objective(mode: str, task: str, objective, examples, labels: list[str], tokenizer, max_length: int,
                       seed: int = 0):
-    """The objective to train with under `--augment MODE` (the objective itself for none)."""
+    """The objective to train with under `--augment MODE` (the objective itself for none); `examples`
+    are the task's training examples ((text, label) pairs for classification)."""
     if mode not in AUGMENTS:
         raise DanluError(f"--augment must be one of {', '.join(AUGMENTS)}, got {mode!r}")
     if mode == "none":
         return objective
+    if task != "classify":
+        raise DanluError(f"--augment {mode} is implemented for --task classify only, not {task!r}")
+    texts, label_ids = [t for t, _ in examples], [labels.index(y) for _, y in examples]
     if mode == "adversarial":
         return AdversarialObjective(objective, tokenizer)
     from danlu.robust import resources

@@ -17,7 +17,7 @@ from danlu.robust.search import AttackResult, greedy_attack, run_attacks
 
 def black_box(model, tokenizer, max_length: int, batch_size: int):
     """texts -> class probabilities (n, labels), in length-sorted batches; works for ONNX models too."""
-    from danlu.evaluate.classify import encode, predict_proba
+    from danlu.tasks.classify import encode, predict_proba
 
     def predict(texts: list[str]) -> np.ndarray:
         return predict_proba(model, tokenizer, encode(tokenizer, texts, max_length), batch_size).numpy()

@@ -14,14 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from danlu.errors import DanluError
+from danlu.runtime.heads import DECODER_TASKS
 from danlu.serve.args import ServeArgs
 from danlu.serve.engine import DecoderEngine, QueueFull
 from danlu.serve.generation import ApiError, Generator, sampling_params
 from danlu.serve.metrics import Metrics
-from danlu.serve.schemas import ChatCompletionRequest, ClassifyRequest, CompletionRequest, EmbeddingRequest
+from danlu.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, TaskRequest
 
 ENDPOINTS = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/classify",
-             "/health", "/metrics"}
+             "/v1/ner", "/v1/qa", "/health", "/metrics"}
 
 
 @dataclass
@@ -30,12 +31,13 @@ class ServerState:
 
     name: str
     aliases: set[str]
-    kind: str  # decoder | embedder | classifier
+    kind: str  # decoder | embedder | the task's kind (classifier, ...)
     metrics: Metrics
     max_model_len: int
     engine: DecoderEngine | None = None
     generator: Generator | None = None
     batcher: object | None = None  # encoder MicroBatcher
+    task: object | None = None  # the task module of an encoder task (its ROUTE is served)
     created: int = 0
 
     def stats(self) -> dict:
@@ -203,31 +205,39 @@ def build_app(state: ServerState, args: ServeArgs) -> FastAPI:
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
-    @app.post("/v1/classify")
-    async def classify(req: ClassifyRequest):
-        check_model(req.model, ("classifier",), "/v1/classify")
-        texts = [req.input] if isinstance(req.input, str) else req.input
-        results, counts = await state.batcher.submit(texts)
-        tokens = int(sum(counts))
-        return {"object": "list", "model": state.name,
-                "data": [{"index": i, **r} for i, r in enumerate(results)],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    if state.task is not None:
+        task = state.task
+
+        @app.post(task.ROUTE)
+        async def task_route(req: TaskRequest):
+            check_model(req.model, (state.kind,), task.ROUTE)
+            try:
+                inputs = task.validate_request(req.input)
+            except ValueError as e:
+                raise ApiError(400, f"input: {e}", param="input") from None
+            results, counts = await state.batcher.submit(inputs)
+            tokens = int(sum(counts))
+            return {"object": "list", "model": state.name,
+                    "data": [{"index": i, **r} for i, r in enumerate(results)],
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     return app
 
 
 def build_state(args: ServeArgs) -> ServerState:
     """Load the model named by `args` and build its engine (not yet started)."""
-    from danlu.artifact import resolve_model
-    from danlu.serve.loading import choose_device, choose_dtype, load_decoder, load_embedder, model_kind
+    from danlu.assets import resolve_model
+    from danlu.runtime import task_of
+    from danlu.serve.loading import choose_device, choose_dtype, load_decoder, load_embedder
 
     path = resolve_model(args.model)
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
-    kind = model_kind(path)
+    task_name = task_of(path)
+    kind = "decoder" if task_name in DECODER_TASKS else "embedder" if task_name in ("embed", "mlm") else "task"
+    if args.quantize != "none" and kind != "decoder":
+        raise DanluError(f"--quantize {args.quantize} applies to decoders, and {path} is an encoder ({task_name})")
     if args.quantize != "none":
-        if kind != "decoder":
-            raise DanluError(f"--quantize {args.quantize} applies to decoders, and {path} is an encoder ({kind})")
         dtype = torch.float32 if args.dtype == "auto" else dtype
     name = args.served_model_name or (args.model if not Path(args.model).expanduser().is_dir() else path.name)
     metrics = Metrics(name)
@@ -241,21 +251,27 @@ def build_state(args: ServeArgs) -> ServerState:
         generator = Generator(engine, tokenizer, name, max_model_len, args.max_tokens_limit)
         state = ServerState(name, aliases, kind, metrics, max_model_len, engine=engine, generator=generator)
     else:
-        from danlu.serve.encoder import MicroBatcher, classifier_runner, embedder_runner
+        from danlu.serve.encoder import MicroBatcher, embedder_runner, task_runner
 
-        if kind == "classifier":
-            from danlu.evaluate.classify import load_classifier
+        task = None
+        if kind == "task":
+            from danlu.runtime import load
+            from danlu.tasks import get_task
 
-            classifier = load_classifier(str(path), device=str(device))
-            if dtype != torch.float32 and isinstance(classifier.model, torch.nn.Module):
-                classifier.model.to(dtype)
-            run, max_model_len = classifier_runner(classifier), classifier.max_length
+            task = get_task(task_name)
+            if not task.ROUTE:
+                raise DanluError(f"{path} is a {task_name!r} model, which danlu serve has no route for")
+            loaded = load(path, device=str(device))
+            if dtype != torch.float32 and isinstance(loaded.model, torch.nn.Module):
+                loaded.model.to(dtype)
+            kind = getattr(task, "KIND", task.NAME)
+            run, max_model_len = task_runner(task, loaded), loaded.max_length
         else:
             model, tokenizer = load_embedder(path, dtype, device)
             max_model_len = args.max_model_len or min(getattr(model.config, "max_position_embeddings", 512), 512)
             run = embedder_runner(model, tokenizer, max_model_len)
         batcher = MicroBatcher(run, args.max_batch_size, args.batch_wait_ms, args.max_queue, metrics)
-        state = ServerState(name, aliases, kind, metrics, max_model_len, batcher=batcher)
+        state = ServerState(name, aliases, kind, metrics, max_model_len, batcher=batcher, task=task)
     state.created = int(time.time())
     weights = "int8 weights, " if args.quantize == "int8" else ""
     print(f"danlu serve: {name} ({kind}, {weights}{str(dtype).removeprefix('torch.')}, {device}, "

@@ -128,18 +128,17 @@ def embedder_runner(model, tokenizer, max_length: int) -> Callable:
     return run
 
 
-def classifier_runner(classifier) -> Callable:
-    """Label and probabilities per text, through danlu.evaluate.classify (any artifact it loads)."""
-    from danlu.evaluate.classify import encode, predict_proba
+def task_runner(task, loaded) -> Callable:
+    """Results of the task's `predict` per input, and the tokens of each input (for usage and metrics)."""
+    options = {name: loaded.manifest.args[name] for name in getattr(task, "OPTIONS", ()) if name in loaded.manifest.args}
 
-    def run(texts: list[str]) -> tuple[list[dict], list[int]]:
-        features = encode(classifier.tokenizer, texts, classifier.max_length)
-        probs = predict_proba(classifier.model, classifier.tokenizer, features, batch_size=len(texts))
-        results = []
-        for row in probs.tolist():
-            best = max(range(len(row)), key=row.__getitem__)
-            results.append({"label": classifier.labels[best],
-                            "probabilities": dict(zip(classifier.labels, row))})
-        return results, [len(f["input_ids"]) for f in features]
+    def tokens(item) -> int:
+        texts = [item] if isinstance(item, str) else [v for v in item.values() if isinstance(v, str)]
+        return sum(len(ids) for ids in loaded.tokenizer(texts)["input_ids"])
+
+    def run(inputs: list) -> tuple[list[dict], list[int]]:
+        results = task.predict(loaded.model, loaded.tokenizer, inputs, loaded.labels, loaded.max_length,
+                               batch_size=len(inputs), **options)
+        return results, [tokens(item) for item in inputs]
 
     return run

@@ -6,7 +6,6 @@ that is the one place where variants written by other stages (quantized, pruned)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -40,24 +39,6 @@ def choose_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if bf16_is_fast(device.type) else torch.float32
 
 
-def model_kind(path: Path) -> str:
-    """`decoder`, `classifier` or `embedder`, from danlu.json's task or the config's architecture."""
-    task = read_manifest(path).get("task")
-    if task == "classify":
-        return "classifier"
-    if task in ("causal-lm", "clm", "pretrain", "generate"):
-        return "decoder"
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-    architectures = config.get("architectures") or []
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return "classifier"
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        return "decoder"
-    if (path / "adapter_config.json").exists():
-        return "classifier"  # danlu's LoRA artifacts are classifiers; load_classifier merges them
-    return "embedder"
-
-
 def load_decoder(path: Path, dtype: torch.dtype, device: torch.device, quantize: str = "none"):
     """A causal LM and its tokenizer, in eval mode, cast to `dtype` on `device`; `quantize="int8"` then
     stores every Linear (the output head too) as weight-only int8 for danlu's CPU kernel.
@@ -70,13 +51,19 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device, quantize:
     check_safe_weights(path)
     if quantize == "int8":
         _check_int8(dtype, device)
+    from danlu.runtime import is_decoder, task_of
+
+    if not is_decoder(path):
+        raise DanluError(f"{path} is a {task_of(path)!r} model, not a decoder")
     manifest = read_manifest(path)
-    if manifest.get("task") not in (None, "causal-lm", "clm", "pretrain", "generate"):
-        raise DanluError(f"{path} is a {manifest['task']!r} artifact, not a decoder")
     if (manifest.get("load") or {}).get("weight_only"):
-        from danlu.compress.decoder import load_decoder_variant
+        from danlu.runtime.variants import load_decoder_variant
 
         model = load_decoder_variant(path, str(device))
+    elif (path / "adapter_config.json").exists():  # LoRA (danlu finetune --task sft --lora): merged on load
+        from danlu.runtime import load_model
+
+        model = load_model(path).to(dtype).to(device).eval()
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
         model.to(device).eval()

@@ -94,3 +94,15 @@ class Task(Protocol):
 
     def validate_request(self, inputs: Any) -> list[Any]:
         """The server route's `input` field -> list of inputs; raise ValueError(message) for a 400."""
+
+    def input_of(self, example: Any) -> Any:
+        """The predict input an example corresponds to (compress and export time and compare on these)."""
+
+    def decision(self, result: dict[str, Any]) -> Any:
+        """The part of a prediction two models must share to agree (a label, entity spans, an answer span)."""
+
+    # Optional:
+    # OPTIONS: tuple[str, ...] -- names of FinetuneArgs fields the task reads (e.g. QA's "doc_stride"); the
+    #     stages pass them, as recorded in danlu.json, as keyword arguments to make_objective, score, predict.
+    # TRAIN_METRICS: tuple[str, ...] -- which of score()'s metrics the training curve records.
+    # KIND: str -- what /v1/models and server errors call a model of this task (default: NAME).
