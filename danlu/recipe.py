@@ -42,11 +42,18 @@ def stage_table():
 
         return pretrain_model(args)
 
+    def attack(args):
+        from danlu.robust.run import attack as attack_model
+
+        return attack_model(args)
+
     from danlu.data.prepare import PrepareArgs
     from danlu.pretrain.args import PretrainArgs
+    from danlu.robust.args import AttackArgs
 
     return {"prepare": (PrepareArgs, prepare), "pretrain": (PretrainArgs, pretrain),
-            "finetune": (FinetuneArgs, finetune), "evaluate": (EvaluateArgs, evaluate)}
+            "finetune": (FinetuneArgs, finetune), "evaluate": (EvaluateArgs, evaluate),
+            "attack": (AttackArgs, attack)}
 
 
 def load_recipe(path: str | Path) -> dict:
