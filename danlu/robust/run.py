@@ -12,7 +12,7 @@ import numpy as np
 from danlu.artifact import atomic_dir
 from danlu.robust.args import AttackArgs
 from danlu.robust.recipes import Constraints, Substitutes, check_recipe, stop_words
-from danlu.robust.search import AttackResult, greedy_attack, run_attacks
+from danlu.robust.search import AttackResult, Words, greedy_attack, run_attacks
 
 
 def black_box(model, tokenizer, max_length: int, batch_size: int):
@@ -31,8 +31,6 @@ def attack_texts(predict, texts: list[str], labels: list[str], label_names: list
     check_recipe(recipe)
     substitutes = Substitutes(recipe, constraints, seed)
     stops = stop_words()
-    from danlu.robust.search import Words
-
     substitutes.prepare([w for t in texts for w in Words(t).words])
     searches = [greedy_attack(t, label_names.index(y), label_names, recipe, substitutes, constraints, stops, unk)
                 for t, y in zip(texts, labels)]
