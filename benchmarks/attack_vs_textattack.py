@@ -12,6 +12,16 @@ benchmarks/results/attack_vs_textattack.json.
 
     python benchmarks/attack_vs_textattack.py --model /work/runs/rt-minilm --n 200 \
         --textattack-python /work/bench-venv-textattack/bin/python
+
+TextAttack's venv (its resolver fails on a plain `pip install textattack` here: an sklearn sdist build):
+    python3 -m venv /work/bench-venv-textattack && V=/work/bench-venv-textattack/bin/pip
+    $V install torch==2.13.0 && $V install --no-deps textattack==0.3.10
+    $V install "transformers<4.50" "datasets>=2.4,<3" nltk flair lru-dict lemminflect more-itertools \
+        terminaltables word2number num2words pinyin jieba OpenHowNet editdistance bert-score \
+        language_tool_python scipy pandas click
+    # NLTK's stop words are read on import and not downloadable offline: any list will do (we pass ours)
+    mkdir -p /work/bench-venv-textattack/nltk_data/corpora/stopwords && python -c "from sklearn.feature_extraction.text \
+        import ENGLISH_STOP_WORDS as S; print('\\n'.join(sorted(S)))" > .../nltk_data/corpora/stopwords/english
 """
 
 from __future__ import annotations
@@ -52,7 +62,10 @@ def peer(args) -> None:
         cache = Path(examples["vectors_dir"])
         words = (cache / "words.txt").read_text(encoding="utf-8").split("\n")
         matrix = np.load(cache / "vectors.npy", allow_pickle=False)
-        embedding = WordEmbedding(matrix, {w: i for i, w in enumerate(words)}, dict(enumerate(words)))
+        # neighbours precomputed by the driver for the words of these texts (TextAttack 0.3.10's on-the-fly
+        # nearest_neighbours slices topk's tuple and fails); row = [the word, its 50 nearest by cosine]
+        nn = np.load(examples["nn_matrix"], allow_pickle=False)
+        embedding = WordEmbedding(matrix, {w: i for i, w in enumerate(words)}, dict(enumerate(words)), nn)
         transformation = WordSwapEmbedding(max_candidates=50, embedding=embedding)
         constraints.append(WordEmbeddingDistance(embedding=embedding, min_cos_sim=0.5))
         search = GreedyWordSwapWIR(wir_method="delete")
@@ -123,12 +136,24 @@ def main() -> None:
     torch.set_num_threads(2)
     loaded = load(args.model, "cpu")
     texts, labels = split_examples(loaded, "rotten-tomatoes", "test", args.n)
-    counter_fitted()  # writes the .npy cache the peer reads
-    shared = {"texts": texts, "label_names": labels, "labels": loaded.labels, "stop_words": sorted(stop_words()),
+    import numpy as np
+
+    from danlu.robust.search import Words
+
+    vectors = counter_fitted()  # writes the .npy cache the peer reads
+    nn = np.zeros((len(vectors.words), 51), dtype=np.int64)
+    for word, near in vectors.neighbours([w for t in texts for w in Words(t).words], 50, -1.0).items():
+        nn[vectors.index[word], 0] = vectors.index[word]
+        nn[vectors.index[word], 1:1 + len(near)] = [vectors.index[w] for w in near]
+    nn_path = Path(tempfile.mkdtemp()) / "nn.npy"
+    np.save(nn_path, nn, allow_pickle=False)
+    shared = {"nn_matrix": str(nn_path), "texts": texts, "label_names": labels, "labels": loaded.labels, "stop_words": sorted(stop_words()),
               "vectors_dir": str(_cache_dir())}
     rows = {"load_average_before": os.getloadavg(), "n": args.n, "model": args.model, "runs": {}}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(shared, f)
+    # TextAttack reads NLTK's stop-word list on import; the venv holds a copy (see the docstring)
+    nltk_data = str(Path(args.textattack_python).parent.parent / "nltk_data")
     for k, recipe in enumerate(args.recipes):
         order = ["danlu", "textattack"] if k % 2 == 0 else ["textattack", "danlu"]  # interleaved
         for tool in order:
@@ -137,7 +162,7 @@ def main() -> None:
             else:
                 proc = subprocess.run([args.textattack_python, __file__, "--peer", "--recipe", recipe, "--model",
                                        str(loaded.path), "--examples", f.name],
-                                      capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                                      capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2", "NLTK_DATA": nltk_data})
                 if proc.returncode != 0:
                     result = {"error": proc.stderr.strip()[-800:]}
                 else:

@@ -35,7 +35,7 @@ class Constraints:
 
     def describe(self, recipe: str) -> list[str]:
         lines = ["stop words are never changed" if self.keep_stop_words else "stop words may change",
-                 f"at most {self.max_words_changed:.0%} of the words are changed (at least one)",
+                 f"at most {self.max_words_changed:.0%} of the words are changed (rounded up)",
                  "a word is changed at most once", f"at most {self.candidates} substitutes are tried per word"]
         if recipe in ("textfooler", "pwws"):
             lines.append(f"a substitute's counter-fitted embedding cosine with the word is >= {self.min_cosine}"

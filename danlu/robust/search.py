@@ -82,7 +82,7 @@ def greedy_attack(text: str, label: int, labels: list[str], recipe: str, substit
     else:
         scores = drops
     order = [positions[k] for k in np.argsort(-scores, kind="stable")]
-    budget = max(1, math.floor(constraints.max_words_changed * len(words)))
+    budget = math.ceil(constraints.max_words_changed * len(words))  # as TextAttack's MaxWordsPerturbed
     current, current_p, changed = list(words), p0[label], set()
     for i in order:
         if len(changed) >= budget:
