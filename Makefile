@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.danlu-installed
-ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 counter-fitted-vectors keyboard-typos
+ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 squad counter-fitted keyboard-typos
 
 .PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve clean
 
@@ -25,7 +25,7 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(VENV)/bin/danlu run
+	$(VENV)/bin/danlu run --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -31,20 +31,119 @@ def _current_umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; on success it replaces `target` in one rename."""
+OWNED = ".danlu-owned"  # marks a working folder danlu made (OUT.run, compress's OUT): danlu may empty it
+_TEMP = ".danlu-temp"  # inside a temporary folder of atomic_dir's: the id of the process writing it
+
+
+def made_by_danlu(folder: str | Path) -> bool:
+    """Whether `folder` is an artifact (danlu.json) or a working folder that danlu marked as its own."""
+    folder = Path(folder)
+    return (folder / MANIFEST).is_file() or (folder / OWNED).is_file()
+
+
+def _is_empty_dir(folder: Path) -> bool:
+    return folder.is_dir() and not any(folder.iterdir())
+
+
+def check_out(target: str | Path, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse an output folder that danlu may not replace: a file, a non-empty folder danlu did not make,
+    or an existing danlu artifact without `overwrite`. Danlu never deletes what it did not make."""
     target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir() or target.is_symlink():
+        raise DanluError(f"{flag} {target} exists and is not a folder; danlu will not replace it: "
+                         f"choose another {flag}")
+    if _is_empty_dir(target):
+        return
+    if not made_by_danlu(target):
+        raise DanluError(f"{flag} {target} is a non-empty folder that danlu did not make (no {MANIFEST}); danlu "
+                         f"never deletes it: choose another {flag}, or move it away yourself")
+    if not overwrite:
+        raise DanluError(f"{flag} {target} already holds a danlu artifact; pass --overwrite to replace it")
+
+
+def claim_dir(folder: str | Path, flag: str = "--out", reuse: bool = True, how_to_reuse: str = "") -> Path:
+    """Make `folder` (absent or empty) a working folder of danlu's, or accept one danlu already marked
+    (only with `reuse`; else the error says `how_to_reuse`); refuse a non-empty folder that danlu did not
+    make. Only in a claimed folder may danlu delete what is inside."""
+    folder = Path(folder)
+    if folder.exists() and not _is_empty_dir(folder):
+        if not (folder / OWNED).is_file():
+            what = "not a folder" if not folder.is_dir() else "a non-empty folder that danlu did not make"
+            raise DanluError(f"{flag} {folder} is {what}; danlu never deletes it: choose another --out, or move "
+                             "it away yourself")
+        if not reuse:
+            raise DanluError(f"{flag} {folder} holds the results of an earlier run; {how_to_reuse}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OWNED).touch()
+    return folder
+
+
+def remove_own_dir(folder: str | Path) -> None:
+    """Delete a working folder, but only one that danlu marked as its own (see `claim_dir`)."""
+    folder = Path(folder)
+    if (folder / OWNED).is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _writer_pid(path: Path, target: Path) -> int | None:
+    """The process that made a leftover beside `target`, when the leftover is provably danlu's."""
+    if path.name.startswith(f".{target.name}.tmp-"):
+        mark = path / _TEMP
+        text = mark.read_text().strip() if mark.is_file() else ""
+        return int(text) if text.isdigit() else None
+    suffix = path.name.rsplit("-", 1)[-1]  # .NAME.old-PID: an artifact (or empty folder) moved aside
+    return int(suffix) if suffix.isdigit() and (made_by_danlu(path) or _is_empty_dir(path)) else None
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete the `.NAME.tmp-*` / `.NAME.old-*` folders that an atomic_dir of a killed danlu left beside
+    `target`: only those that are provably danlu's and whose writing process is gone."""
+    removed = []
+    for path in [*target.parent.glob(f".{target.name}.tmp-*"), *target.parent.glob(f".{target.name}.old-*")]:
+        pid = _writer_pid(path, target)
+        if pid is not None and pid != os.getpid() and not _process_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success it replaces `target` in one rename.
+
+    `target` may be absent, an empty folder, or (with `overwrite`) a danlu artifact; anything else is
+    refused before any work starts and again before the rename (see `check_out`). Temporary folders that
+    a killed run left beside `target` are removed first.
+    """
+    target = Path(target)
+    check_out(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private (0700); an artifact is shared like any folder
+    (tmp / _TEMP).write_text(f"{os.getpid()}\n")
     try:
         yield tmp
+        check_out(target, overwrite)  # the folder may have appeared while we worked
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    (tmp / _TEMP).unlink(missing_ok=True)
     if target.exists():
-        # Move the old one aside first so that the rename below is the only moment of change.
+        # Move the old one aside first so that the rename below is the only moment of change. The old one
+        # is an empty folder or a danlu artifact (checked above); a kill here leaves it for the next run.
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
         os.replace(tmp, target)

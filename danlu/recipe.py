@@ -21,6 +21,7 @@ class RunArgs:
 
     recipe: str = arg("", "a recipe YAML file (default: the quickstart on packaged assets)", positional=True)
     out: str = arg("", "output folder (default: the recipe's `out`)")
+    overwrite: bool = arg(False, "replace the artifacts of an earlier run of the recipe (passed to every stage)")
 
 
 def stage_table():
@@ -91,6 +92,8 @@ def run(args: RunArgs) -> dict:
         cls, fn = table[stage["stage"]]
         if "out" in [f for f in cls.__dataclass_fields__] and "out" not in values:
             values["out"] = str(out / sid)
+        if "overwrite" in cls.__dataclass_fields__ and args.overwrite:
+            values.setdefault("overwrite", True)
         print(f"== stage {i}/{len(recipe['stages'])}: {stage['stage']} ({sid})")
         results[sid] = fn(from_dict(cls, values, where=f"{path}: stage {i}: "))
         outputs[sid] = str(values.get("out", ""))

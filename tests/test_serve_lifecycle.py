@@ -34,7 +34,7 @@ def test_key_queue_disconnect_and_drain(tiny_llama, tmp_path):
     flags = ["--served-model-name", "tiny", "--dtype", "float32", "--threads", "1", "--api-key", KEY,
              "--max-batch-size", "1", "--max-queue", "1", "--max-model-len", "512", "--max-tokens-limit", "500"]
     with running_server(tiny_llama, *flags, log_dir=tmp_path) as server:
-        # 401 without the key or with a wrong one; /health and /metrics stay open for probes
+        # 401 without the key or with a wrong one; /health stays open for probes, /metrics needs the key
         body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
         assert httpx.post(server.url + "/v1/completions", json=body).status_code == 401
         wrong = httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": "Bearer nope"})
@@ -62,7 +62,7 @@ def test_key_queue_disconnect_and_drain(tiny_llama, tmp_path):
         t.join(60)
         assert waiting["r"].status_code == 200 and waiting["r"].json()["usage"]["completion_tokens"] == 3
         wait_for(server, lambda h: h["running"] == 0 and h["waiting"] == 0)
-        text = httpx.get(server.url + "/metrics").text
+        text = httpx.get(server.url + "/metrics", headers=AUTH).text
         assert metric(text, "danlu_requests_total", endpoint="/v1/completions", status="429") == 1
         assert metric(text, "danlu_requests_total", endpoint="/v1/completions", status="401") == 2
         # the abandoned stream stopped long before its 450 tokens (its slot went to the waiting request)

@@ -52,6 +52,8 @@ class CompressArgs:
     reuse_variants: bool = arg(False, "reuse a variant already in OUT/variants when it was made from the same "
                                       "parent with the same method and options (it is measured again): a long "
                                       "search can run in parts, e.g. the trainings first")
+    overwrite: bool = arg(False, "replace the results of an earlier search in OUT (a folder danlu did not make "
+                                 "is never touched)")
 
     def __post_init__(self) -> None:
         check(self.max_accuracy_drop >= 0, "--max-accuracy-drop", f"must be >= 0, got {self.max_accuracy_drop}")
@@ -89,6 +91,7 @@ class ExportArgs:
                              "(default: the artifact's own fine-tuning data where it is recorded)")
     parity_samples: int = arg(256, "test examples compared with PyTorch (0 = all)")
     opset: int = arg(17, "ONNX opset version")
+    overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")
 
     def __post_init__(self) -> None:
         check(self.optimize in (0, 1, 2, 99), "--optimize", f"must be one of 0, 1, 2, 99, got {self.optimize}")

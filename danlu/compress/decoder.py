@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from danlu.artifact import atomic_dir, atomic_write_text, read_manifest, update_metrics, write_manifest
+from danlu.artifact import atomic_dir, atomic_write_text, claim_dir, read_manifest, update_metrics, write_manifest
 from danlu.runtime.variants import (INT4_GROUP, _quantizable, apply_torchao, dequantized_state,  # noqa: F401
                                     load_decoder_variant)
 
@@ -70,7 +70,7 @@ def write_decoder_variant(parent: Path, out: Path, method: str) -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(str(parent), dtype=torch.float32).eval()
     manifest = read_manifest(parent)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=True) as tmp:  # inside OUT/variants, danlu's own
         if method == "bf16":
             model.to(torch.bfloat16).save_pretrained(str(tmp))
             load = {}
@@ -195,6 +195,8 @@ def compress_decoder(args, parent: Path) -> dict:
     from danlu.errors import DanluError
 
     out = Path(args.out)
+    claim_dir(out, reuse=args.overwrite or args.reuse_variants,
+              how_to_reuse="pass --overwrite to replace them, or --reuse-variants to continue that search")
     (out / "variants").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "logs", ignore_errors=True)
     if args.eval_data:

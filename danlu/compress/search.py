@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from danlu.artifact import Manifest, atomic_write_text, read_manifest, update_metrics
+from danlu.artifact import Manifest, atomic_write_text, claim_dir, read_manifest, update_metrics
 from danlu.assets import resolve_model
 from danlu.compress.args import CompressArgs
 from danlu.compress.job import CompressJob, NotApplicable
@@ -72,6 +72,8 @@ def compress(args: CompressArgs) -> dict:
     if not len(test):
         raise DanluError(f"{args.eval_data}: the test split is empty")
     out = Path(args.out)
+    claim_dir(out, reuse=args.overwrite or args.reuse_variants,
+              how_to_reuse="pass --overwrite to replace them, or --reuse-variants to continue that search")
     (out / "variants").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "logs", ignore_errors=True)  # logs of an earlier search into the same folder
     measure_args = {"threads": args.threads, "repeats": args.repeats, "latency_samples": args.latency_samples,

@@ -47,7 +47,7 @@ def write_variant(job: CompressJob, method: str, save, *, load: dict[str, Any] |
                   notes: str = "", info: dict[str, Any] | None = None) -> Path:
     """Write job.out atomically: `save(folder)` writes weights+config; tokenizer and danlu.json added."""
     parent = read_manifest(job.parent)
-    with atomic_dir(job.out) as tmp:
+    with atomic_dir(job.out, overwrite=True) as tmp:  # inside OUT/variants, danlu's own
         save(tmp)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             if (job.parent / name).exists() and not (tmp / name).exists():

@@ -43,6 +43,7 @@ class PrepareArgs:
                             "is refused")
     text_field: str = arg("text", "field (JSONL) or column (Parquet) holding the text")
     shard_tokens: int = arg(100_000_000, "start a new shard file after this many tokens")
+    overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")
 
     def __post_init__(self) -> None:
         check(bool(self.corpus), "CORPUS", "give at least one corpus")
@@ -166,7 +167,7 @@ def prepare(args: PrepareArgs) -> Path:
     files = [f for source in args.corpus for f in resolve_corpus(source)]
     existing = None if args.tokenizer in TRAINED_KINDS else load_existing_tokenizer(args.tokenizer)
     out = Path(args.out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, args.overwrite) as tmp:
         docs_path = tmp / "documents.jsonl"
         counts = _read_clean_dedup(args, files, docs_path)
         if counts["documents_in"] == 0:

@@ -238,7 +238,7 @@ def export_command(args) -> dict:
         examples = examples[: args.parity_samples]
     out = Path(args.out)
     quantize = "int8" if args.quantize == "int8" else "none"
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, args.overwrite) as tmp:
         try:
             info = write_onnx_variant(parent, tmp, args.optimize, quantize, args.opset, outputs=task.ONNX_OUTPUTS)
         except NotApplicable as e:

@@ -20,16 +20,20 @@ class FinetuneArgs:
     task: str = arg("classify", "the downstream task: " + ", ".join(TASKS))
     text_column: str = arg("text", "classify: column holding the input text")
     label_column: str = arg("label", "classify: column holding the label")
-    max_length: int = arg(128, "tokens per model input; longer inputs are truncated (classify) or split into "
-                               "overlapping windows (ner, qa)")
+    max_length: int = arg(0, "tokens per model input; longer inputs are truncated (classify) or split into "
+                             "overlapping windows (ner, qa); 0 = the task's default (qa 384, others 128)")
     val_ratio: float = arg(0.1, "share of a single data file held out for validation")
     test_ratio: float = arg(0.1, "share of a single data file held out for the final test")
+    doc_stride: int = arg(0, "qa: tokens two neighbouring windows of a long context share; 0 = min(128, max "
+                             "length / 2)")
+    max_answer_length: int = arg(30, "qa: longest answer, in tokens")
     max_train_examples: int = arg(0, "train on a seeded sample of this many training examples (0 = all)")
     lora: bool = arg(False, "train LoRA adapters (peft) instead of all weights")
     lora_r: int = arg(8, "LoRA rank")
     lora_alpha: int = arg(16, "LoRA scaling alpha")
     lora_dropout: float = arg(0.05, "dropout on the LoRA path")
     resume: bool = arg(False, "continue a killed run from its last checkpoint in OUT.run/")
+    overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")
     augment: Literal["none", "eda", "typo", "adversarial"] = arg(
         "none", "train on examples changed on the fly: EDA, keyboard typos, or A2T-style adversarial word swaps "
                 "(see danlu/robust/augment.py)")
@@ -38,7 +42,9 @@ class FinetuneArgs:
     def __post_init__(self) -> None:
         check(self.task in TASKS, "--task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
         check(self.max_train_examples >= 0, "--max-train-examples", f"must be >= 0, got {self.max_train_examples}")
-        check(self.max_length >= 8, "--max-length", f"must be >= 8, got {self.max_length}")
+        check(self.max_length == 0 or self.max_length >= 8, "--max-length", f"must be 0 or >= 8, got {self.max_length}")
+        check(self.doc_stride >= 0, "--doc-stride", f"must be >= 0, got {self.doc_stride}")
+        check(self.max_answer_length >= 1, "--max-answer-length", f"must be >= 1, got {self.max_answer_length}")
         check(0 < self.val_ratio < 0.5, "--val-ratio", f"must be in (0, 0.5), got {self.val_ratio}")
         check(0 < self.test_ratio < 0.5, "--test-ratio", f"must be in (0, 0.5), got {self.test_ratio}")
         check(self.lora_r >= 1, "--lora-r", f"must be >= 1, got {self.lora_r}")
@@ -50,3 +56,4 @@ class MergeArgs:
 
     artifact: str = arg(help="a LoRA artifact made by `danlu finetune --lora`", positional=True)
     out: str = arg(help="folder for the merged artifact")
+    overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")

@@ -6,12 +6,13 @@ objective, and scores; this module holds no per-task branch.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import torch
 
-from danlu.artifact import Manifest, atomic_dir, write_manifest
+from danlu.artifact import Manifest, atomic_dir, check_out, remove_own_dir, write_manifest
 from danlu.assets import resolve_model
 from danlu.config import to_dict
 from danlu.errors import DanluError
@@ -21,7 +22,8 @@ from danlu.tasks.base import DataSpec
 from danlu.train.loop import EvalResult, train
 
 # Arguments that do not change what is trained (a resumed run may differ in them).
-_NOT_RESUME_KEY = {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every", "overwrite"}
+_NOT_RESUME_KEY = {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every", "overwrite",
+                   "threads"}
 
 
 def data_spec(args: FinetuneArgs) -> DataSpec:
@@ -67,8 +69,11 @@ def finetune(args: FinetuneArgs) -> Path:
     from transformers import AutoTokenizer, set_seed
 
     task = get_task(args.task)
+    if not args.max_length:  # the task's own window (recorded resolved, so later stages read the real one)
+        args = dataclasses.replace(args, max_length=getattr(task, "MAX_LENGTH", 128))
     out = Path(args.out)
     run_dir = out.with_name(out.name + ".run")
+    check_out(out, args.overwrite)  # before the training, not after it
     model_path = resolve_model(args.model)
     data = task.load_data(data_spec(args))
     labels = data.labels
@@ -87,9 +92,13 @@ def finetune(args: FinetuneArgs) -> Path:
     if args.lora:
         model.print_trainable_parameters()
     curve_metrics = getattr(task, "TRAIN_METRICS", (task.PRIMARY_METRIC, "loss"))
+    best_full: dict = {}  # all metrics of the best evaluation (the loop keeps the best by the same rule)
 
     def evaluate(m: torch.nn.Module) -> EvalResult:
         metrics = task.score(m, tokenizer, val_examples, labels, args.max_length, progress="validating", **options)
+        if not best_full or metrics[task.PRIMARY_METRIC] > best_full[task.PRIMARY_METRIC]:
+            best_full.clear()
+            best_full.update(metrics)
         return EvalResult({k: metrics[k] for k in curve_metrics if k in metrics}, metrics[task.PRIMARY_METRIC])
 
     resume_key = {k: v for k, v in stage_args.items() if k not in _NOT_RESUME_KEY}
@@ -103,8 +112,12 @@ def finetune(args: FinetuneArgs) -> Path:
         load_model(model, str(best))
     model.eval()
     test = data.splits["test"]
-    test_metrics = (task.score(model, tokenizer, test, labels, args.max_length, progress="testing", **options)
-                    if len(test) else {})
+    scored_at_best = best_full and all(best_full.get(k) == v for k, v in result.best_metrics.items())
+    if test is val_examples and scored_at_best:  # e.g. SQuAD: its test split is the dev set, scored at the best step
+        test_metrics = dict(best_full)
+    else:
+        test_metrics = (task.score(model, tokenizer, test, labels, args.max_length, progress="testing", **options)
+                        if len(test) else {})
     metrics = {
         "test": test_metrics,
         "best_validation": result.best_metrics,
@@ -113,7 +126,7 @@ def finetune(args: FinetuneArgs) -> Path:
         "train_examples_per_second": round(result.examples_per_second, 2),
         "precision": result.precision,
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, args.overwrite) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         shutil.copy(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
@@ -125,11 +138,11 @@ def finetune(args: FinetuneArgs) -> Path:
         from danlu.report.training import write_training_report
 
         write_training_report(tmp, manifest, result.history)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    remove_own_dir(run_dir)
     return out
 
 
-def merge_lora(artifact: str, out: str) -> Path:
+def merge_lora(artifact: str, out: str, overwrite: bool = False) -> Path:
     """Fold a LoRA artifact's adapters into the base weights: a plain, faster artifact (any task)."""
     from transformers import AutoTokenizer
 
@@ -140,7 +153,7 @@ def merge_lora(artifact: str, out: str) -> Path:
         raise DanluError(f"{path} is not a LoRA artifact (no adapter_config.json)")
     manifest = Manifest.read(path)
     model = load_model(path)  # merged on load
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out), overwrite) as tmp:
         model.save_pretrained(str(tmp))
         AutoTokenizer.from_pretrained(str(path)).save_pretrained(str(tmp))
         if (path / "metrics.jsonl").exists():

@@ -49,6 +49,7 @@ class PretrainArgs:
     nproc: int = arg(1, "training processes on this machine (torch.distributed: gloo on CPU, nccl on GPU); "
                         "each gets 1/nproc of every batch")
     resume: bool = arg(False, "continue a killed run from its last checkpoint in OUT.run/")
+    overwrite: bool = arg(False, "replace OUT if it holds a danlu artifact (never a folder danlu did not make)")
     train: PretrainTrainArgs = arg(default_factory=lambda: PretrainTrainArgs())
 
     def __post_init__(self) -> None:

@@ -46,7 +46,7 @@ def write_artifact(out: Path, run_dir: Path, model: torch.nn.Module, data: Prepa
     if data.meta["tokenizer"]["trained"]:
         set_post_processor(tokenizer, "bert" if arch == "bert" else "causal")
     metrics = final_metrics(result, data, args, model)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, args.overwrite) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         if (run_dir / "metrics.jsonl").exists():

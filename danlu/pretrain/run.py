@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from danlu.artifact import check_out, remove_own_dir
 from danlu.config import to_dict
 from danlu.errors import DanluError
 from danlu.pretrain.args import ARCHES, PretrainArgs
@@ -19,7 +19,7 @@ from danlu.train.loop import EvalResult, train
 
 # Arguments that do not change the numbers of a run: a resumed run may differ in these.
 NOT_IN_RESUME_KEY = {"resume", "out", "log_every", "keep_checkpoints", "save_every", "eval_every",
-                     "eval_sequences", "nproc"}
+                     "eval_sequences", "nproc", "overwrite", "threads"}
 
 
 def build_objective(objective: str, data: Prepared, split: str, seq_len: int, mask_prob: float, seed: int):
@@ -109,6 +109,7 @@ def _check_arch(objective: str, arch: str) -> None:
 
 def pretrain(args: PretrainArgs) -> Path:
     """Pretrain on `args.data`, write the artifact to `args.out`, and return its path."""
+    check_out(args.out, args.overwrite)  # before the training, not after it
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from danlu.pretrain.launch import launch
 
@@ -146,5 +147,5 @@ def pretrain(args: PretrainArgs) -> Path:
     from danlu.pretrain.artifact import write_artifact
 
     write_artifact(out, run_dir, model, data, args, arch, parent, result)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    remove_own_dir(run_dir)
     return out

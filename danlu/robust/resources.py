@@ -1,5 +1,5 @@
 """Word resources of the attacks, read as text and JSON only (never a pickle):
-counter-fitted word vectors (Mrkšić et al. 2016; the `counter-fitted-vectors` asset), WordNet 3.0 synonyms
+counter-fitted word vectors (Mrkšić et al. 2016; the `counter-fitted` asset), WordNet 3.0 synonyms
 (Debian's `wordnet-base`, /usr/share/wordnet, parsed here from its text database), and the keyboard
 neighbours of each key (the `keyboard-typos` asset, from nlpaug)."""
 
@@ -61,7 +61,7 @@ def counter_fitted() -> WordVectors:
     if (cache / "vectors.npy").exists() and (cache / "words.txt").exists():
         words = (cache / "words.txt").read_text(encoding="utf-8").split("\n")
         return WordVectors(words, np.load(cache / "vectors.npy", allow_pickle=False))
-    path = install("counter-fitted-vectors", quiet=True)
+    path = install("counter-fitted", quiet=True)
     words, rows = [], []
     with zipfile.ZipFile(path) as z, z.open(z.namelist()[0]) as f:
         for line in f:

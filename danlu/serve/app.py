@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import logging
+import os
 import signal
 import sys
 import time
@@ -10,16 +14,19 @@ from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from danlu.errors import DanluError
 from danlu.runtime.heads import DECODER_TASKS
 from danlu.serve.args import ServeArgs
-from danlu.serve.engine import DecoderEngine, QueueFull
-from danlu.serve.generation import ApiError, Generator, sampling_params
+from danlu.serve.engine import DecoderEngine
+from danlu.serve.errors import ApiError, add_error_handlers, error_response, openapi_schema
+from danlu.serve.generation import Generator, sampling_params
 from danlu.serve.metrics import Metrics
-from danlu.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, TaskRequest
+from danlu.serve.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorResponse,
+                                 TaskRequest)
+
+log = logging.getLogger("danlu.serve")
 
 ENDPOINTS = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/classify",
              "/v1/ner", "/v1/qa", "/health", "/metrics"}
@@ -50,51 +57,41 @@ class ServerState:
         (self.engine or self.batcher).stop()
 
 
-def error_body(status: int, message: str, type_: str = "invalid_request_error", param=None, code=None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code or status}}
-
-
-def error_response(status: int, message: str, type_: str = "invalid_request_error", param=None, code=None,
-                   headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, type_, param, code), status_code=status, headers=headers)
-
-
-class _TooLarge(Exception):
-    pass
-
-
 class GuardMiddleware:
-    """Pure ASGI: API key (401), body size (413, also for bodies without Content-Length), and the
-    request counter by endpoint and status."""
+    """Pure ASGI, around everything: API key (401, constant-time, on /v1 and /metrics), body size (413,
+    also for chunked bodies without Content-Length), any unhandled exception (500 as an OpenAI error
+    object, never a plain-text page), and the request counter by endpoint and status."""
 
     def __init__(self, app, api_key: str, max_body_bytes: int, metrics: Metrics):
-        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body_bytes, metrics
+        self.app, self.api_key, self.max_body, self.metrics = app, api_key.encode(), max_body_bytes, metrics
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        given = headers.get("authorization", "").encode("latin-1")
+        return hmac.compare_digest(given, b"Bearer " + self.api_key)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
         endpoint = path if path in ENDPOINTS else "other"
-        status = {"code": 500}
+        state = {"status": 500, "started": False, "too_large": False}
 
         async def send_counted(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                state["status"], state["started"] = message["status"], True
             await send(message)
 
         async def reply(response: JSONResponse):
             await response(scope, receive, send_counted)
-            self.metrics.request(endpoint, status["code"])
+            self.metrics.request(endpoint, state["status"])
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key and path.startswith("/v1/"):
-            if headers.get("authorization", "") != f"Bearer {self.api_key}":
-                return await reply(error_response(401, "missing or wrong API key (send Authorization: Bearer KEY)",
-                                                  "authentication_error", code="invalid_api_key"))
+        if self.api_key and (path.startswith("/v1/") or path == "/metrics") and not self._authorized(headers):
+            return await reply(error_response(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                                              "authentication_error", code="invalid_api_key"))
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await reply(error_response(413, f"request body is {length} bytes; this server accepts at "
-                                                   f"most {self.max_body} (--max-body-bytes)", code="body_too_large"))
+            return await reply(self._too_large(f"request body is {length} bytes"))
         received = {"bytes": 0}
 
         async def receive_limited():
@@ -102,45 +99,56 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 received["bytes"] += len(message.get("body", b""))
                 if received["bytes"] > self.max_body:
+                    state["too_large"] = True
                     raise _TooLarge
             return message
 
-        started = {"yes": False}
-
-        async def send_tracked(message):
-            if message["type"] == "http.response.start":
-                started["yes"] = True
+        async def send_app(message):
+            if state["too_large"]:
+                return  # the app's answer to a body it could not read (FastAPI makes it a 400): ours is 413
             await send_counted(message)
 
         try:
-            await self.app(scope, receive_limited, send_tracked)
-        except _TooLarge:
-            if not started["yes"]:
-                return await reply(error_response(413, f"request body exceeds {self.max_body} bytes "
-                                                       "(--max-body-bytes)", code="body_too_large"))
-        self.metrics.request(endpoint, status["code"])
+            await self.app(scope, receive_limited, send_app)
+        except Exception:  # noqa: BLE001 -- one request's failure is that request's 500, counted
+            if not state["too_large"]:
+                log.exception("unhandled error in %s %s", scope.get("method"), path)
+                if not state["started"]:
+                    return await reply(error_response(500, "internal server error (logged on the server)",
+                                                      "server_error", code="internal_error"))
+                raise
+        if state["too_large"] and not state["started"]:
+            return await reply(self._too_large("request body"))
+        self.metrics.request(endpoint, state["status"])
+
+    def _too_large(self, what: str) -> JSONResponse:
+        return error_response(413, f"{what} exceeds this server's limit of {self.max_body} bytes "
+                                   "(--max-body-bytes)", code="body_too_large")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+# The error statuses each kind of route really sends (documented in the OpenAPI schema).
+_ERRORS = {400: "invalid request (an OpenAI error object names the parameter)",
+           401: "missing or wrong API key (only when the server has one)",
+           404: "unknown model", 413: "request body over --max-body-bytes",
+           429: "transient overload: the queue is full; retry after Retry-After seconds",
+           500: "the request failed on the server", 503: "the server's worker has died; it is exiting"}
+
+
+def _responses(*statuses: int) -> dict:
+    return {status: {"model": ErrorResponse, "description": _ERRORS[status]} for status in statuses}
+
+
+POST_ERRORS = _responses(400, 401, 404, 413, 429, 500, 503)
 
 
 def build_app(state: ServerState, args: ServeArgs) -> FastAPI:
     """The FastAPI app with every endpoint; `state` holds the running engine."""
     app = FastAPI(title="danlu serve", docs_url=None, redoc_url=None)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError):
-        return error_response(e.status, e.message, e.type, e.param, e.code, e.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, e: RequestValidationError):
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
-        if first.get("type") == "json_invalid":
-            return error_response(400, f"request body is not valid JSON: {first.get('msg')}", code="invalid_json")
-        return error_response(400, f"{where or 'body'}: {first.get('msg')}", param=where or None)
-
-    @app.exception_handler(QueueFull)
-    async def full(request: Request, e: QueueFull):
-        return error_response(429, "the server's queue is full; retry shortly", "rate_limit_error",
-                              code="queue_full", headers={"Retry-After": "1"})
+    add_error_handlers(app)
 
     def check_model(name: str, endpoint_kinds: tuple[str, ...], endpoint: str) -> None:
         if name not in state.aliases:
@@ -150,38 +158,43 @@ def build_app(state: ServerState, args: ServeArgs) -> FastAPI:
             raise ApiError(400, f"{endpoint} needs a {' or '.join(endpoint_kinds)} model; "
                                 f"{state.name!r} is a {state.kind}", param="model")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_responses(401, 500))
     async def models():
         return {"object": "list", "data": [{"id": state.name, "object": "model", "created": state.created,
                                             "owned_by": "danlu", "max_model_len": state.max_model_len,
                                             "kind": state.kind}]}
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": _ERRORS[503]}})
     async def health():
+        worker = state.engine or state.batcher
+        if worker.failure is not None:
+            return JSONResponse({"status": "dead", "model": state.name, "error": worker.failure}, status_code=503)
         return {"status": "ok", "model": state.name, "kind": state.kind, **state.stats()}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_responses(401, 500))
     async def metrics():
-        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=POST_ERRORS)
     async def completions(req: CompletionRequest, request: Request):
         check_model(req.model, ("decoder",), "/v1/completions")
         if req.echo:
             raise ApiError(400, "echo is not supported", param="echo")
         gen = state.generator
-        prompts = gen.completion_prompts(req)
+        # tokenizing a large request takes seconds: off the event loop, so /health and streams keep flowing
+        prompts = await asyncio.to_thread(gen.completion_prompts, req)
         max_tokens = gen.check_lengths(prompts, req.max_tokens, 16)
         params = sampling_params(req, max_tokens, req.logprobs)
         return await gen.run(request, prompts, req.n, params, req.stream,
                              bool(req.stream_options and req.stream_options.include_usage), False,
                              req.return_token_ids)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=POST_ERRORS)
     async def chat(req: ChatCompletionRequest, request: Request):
         check_model(req.model, ("decoder",), "/v1/chat/completions")
         gen = state.generator
-        prompt = gen.chat_prompt(req)
+        state.engine.check_fits(req.n)
+        prompt = await asyncio.to_thread(gen.chat_prompt, req)
         max_tokens = gen.check_lengths([prompt], req.max_completion_tokens or req.max_tokens, None)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = sampling_params(req, max_tokens, logprobs)
@@ -189,7 +202,7 @@ def build_app(state: ServerState, args: ServeArgs) -> FastAPI:
                              bool(req.stream_options and req.stream_options.include_usage), True,
                              req.return_token_ids)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", responses=POST_ERRORS)
     async def embeddings(req: EmbeddingRequest):
         check_model(req.model, ("embedder",), "/v1/embeddings")
         texts = [req.input] if isinstance(req.input, str) else req.input
@@ -208,7 +221,7 @@ def build_app(state: ServerState, args: ServeArgs) -> FastAPI:
     if state.task is not None:
         task = state.task
 
-        @app.post(task.ROUTE)
+        @app.post(task.ROUTE, responses=POST_ERRORS)
         async def task_route(req: TaskRequest):
             check_model(req.model, (state.kind,), task.ROUTE)
             try:
@@ -221,6 +234,7 @@ def build_app(state: ServerState, args: ServeArgs) -> FastAPI:
                     "data": [{"index": i, **r} for i, r in enumerate(results)],
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
+    app.openapi = lambda: openapi_schema(app)
     return app
 
 
@@ -279,20 +293,55 @@ def build_state(args: ServeArgs) -> ServerState:
     return state
 
 
+API_KEY_ENV = "DANLU_API_KEY"
+
+
+def api_key(args: ServeArgs) -> str:
+    """The key clients must send: --api-key, else --api-key-file's first line, else $DANLU_API_KEY."""
+    if args.api_key:
+        return args.api_key
+    if args.api_key_file:
+        path = Path(args.api_key_file).expanduser()
+        try:
+            key = (path.read_text(encoding="utf-8").splitlines() or [""])[0].strip()
+        except OSError as e:
+            raise DanluError(f"--api-key-file {path}: cannot read it ({e.strerror})") from None
+        if not key:
+            raise DanluError(f"--api-key-file {path} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV, "").strip()
+
+
+class WorkerDied(DanluError):
+    """The engine or micro-batcher thread died: the server stopped so that a supervisor restarts it."""
+
+    exit_code = 1
+
+
 def serve(args: ServeArgs) -> None:
-    """Serve the model until SIGTERM/SIGINT; then finish the requests in flight and return (exit 0)."""
+    """Serve the model until SIGTERM/SIGINT; then finish the requests in flight and return (exit 0).
+    Should the worker thread die, /health answers 503 and the process exits 1."""
     import uvicorn
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from danlu.hardware import set_threads
+
+    set_threads(args.threads)
+    key = api_key(args)
     state = build_state(args)
     app = build_app(state, args)
-    app.add_middleware(GuardMiddleware, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
-                       metrics=state.metrics)
-    state.start()
+    app.add_middleware(GuardMiddleware, api_key=key, max_body_bytes=args.max_body_bytes, metrics=state.metrics)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=None, lifespan="off")
     server = uvicorn.Server(config)
+    worker = state.engine or state.batcher
+
+    def stop_serving(reason: str) -> None:  # on the dead worker's thread; uvicorn polls should_exit
+        print(f"danlu serve: {reason}; stopping", file=sys.stderr, flush=True)
+        time.sleep(1.0)  # /health says 503 meanwhile, so that a load balancer sees why before the port closes
+        server.should_exit = True
+
+    worker.on_failure = stop_serving
+    state.start()
     # uvicorn re-raises the signal after its graceful shutdown, with the handlers it found installed:
     # these make that a no-op, so a drained server exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -303,4 +352,6 @@ def serve(args: ServeArgs) -> None:
         server.run()
     finally:
         state.stop()
+    if worker.failure is not None:
+        raise WorkerDied(f"{worker.failure} (exit 1 so that a supervisor restarts the server)")
     print("danlu serve: drained and stopped", file=sys.stderr, flush=True)

@@ -16,7 +16,9 @@ class ServeArgs:
                      positional=True)
     host: str = arg("127.0.0.1", "address to listen on (0.0.0.0 exposes the server to the network)")
     port: int = arg(8000, "TCP port to listen on")
-    api_key: str = arg("", "require `Authorization: Bearer KEY` on every /v1 request; empty means no key")
+    api_key: str = arg("", "require `Authorization: Bearer KEY` on every /v1 request and on /metrics (visible in "
+                           "`ps`: prefer --api-key-file or the DANLU_API_KEY environment variable); empty means no key")
+    api_key_file: str = arg("", "read the API key from this file (its first line)")
     served_model_name: str = arg("", "the model id clients send and /v1/models lists; empty means the folder name")
     max_batch_size: int = arg(64, "sequences decoded together at most (KV-cache slots); encoders: inputs per batch")
     max_queue: int = arg(256, "sequences waiting for a slot at most; beyond it requests get 429 with Retry-After")
@@ -33,7 +35,8 @@ class ServeArgs:
                 "Linear and the output head, run by danlu's AVX2 kernel: SmolLM2-135M decodes 1.5-2x faster "
                 "here, perplexity within 0.3 percent of float32; none = weights as --dtype")
     device: str = arg("auto", "cpu, cuda, cuda:N; auto = cuda when present")
-    threads: int = arg(0, "CPU threads for torch; 0 means torch's default")
+    threads: int = arg(0, "CPU threads for torch; 0 = one per CPU that other processes leave free (affinity "
+                          "mask, cgroup quota and current load decide)")
 
     def __post_init__(self) -> None:
         check(1 <= self.port <= 65535, "--port", f"must be in [1, 65535], got {self.port}")

@@ -1,13 +1,15 @@
-"""Dynamic micro-batching for encoders: /v1/embeddings and /v1/classify.
+"""Dynamic micro-batching for encoders: /v1/embeddings, /v1/classify and every encoder task route.
 
-Requests put their texts on a queue; one worker thread takes everything that arrived within
-`batch_wait_ms` of the first waiting text (up to `max_batch_size` texts), runs one forward pass,
-and hands each request its rows back on the event loop.
+Requests put their inputs on a queue; one worker thread takes everything that arrived within
+`batch_wait_ms` of the first waiting input (up to `max_batch_size` inputs), runs one forward pass,
+and hands each request its rows back on the event loop. A runner that fails on a batch is run again
+on each request of that batch alone, so one bad input fails only the request that sent it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -15,43 +17,52 @@ from typing import Any, Callable
 
 import torch
 
-from danlu.serve.engine import QueueFull
-from danlu.serve.worker import BackgroundWorker
+from danlu.serve.worker import BackgroundWorker, QueueFull, WorkerDead, check_fits
+
+log = logging.getLogger("danlu.serve")
 
 
 @dataclass
 class _Item:
-    texts: list[str]
+    inputs: list[Any]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     arrival: float
 
 
 class MicroBatcher(BackgroundWorker):
-    """Runs `run(texts) -> (results, token_counts)` over micro-batches gathered from many requests."""
+    """Runs `run(inputs) -> (results, token_counts)` over micro-batches gathered from many requests.
+
+    `run` may raise for a batch: the batch's requests are then retried one at a time, and only those
+    that fail alone get the error (a runner raises `danlu.serve.worker.BadInput` for a 400)."""
 
     thread_name = "danlu-encoder"
 
-    def __init__(self, run: Callable[[list[str]], tuple[list[Any], list[int]]], max_batch_size: int,
+    def __init__(self, run: Callable[[list[Any]], tuple[list[Any], list[int]]], max_batch_size: int,
                  batch_wait_ms: float, max_queue: int, metrics=None):
         super().__init__()
         self.run, self.max_batch_size = run, max_batch_size
         self.wait_s, self.max_queue, self.metrics = batch_wait_ms / 1000, max_queue, metrics
         self.queue: deque[_Item] = deque()
+        self.current: list[_Item] = []  # the batch being run
         self.busy = 0
 
-    async def submit(self, texts: list[str]) -> tuple[list[Any], list[int]]:
+    async def submit(self, inputs: list[Any]) -> tuple[list[Any], list[int]]:
+        """This request's results and token counts; NeverFits (400) when no idle server could take it,
+        QueueFull (429) when this one cannot now, WorkerDead (503) when the worker has died."""
+        check_fits(len(inputs), self.max_batch_size, self.max_queue, "inputs", "input")
         loop = asyncio.get_running_loop()
-        item = _Item(texts, loop.create_future(), loop, time.perf_counter())
+        item = _Item(list(inputs), loop.create_future(), loop, time.perf_counter())
         with self.cond:
-            if sum(len(i.texts) for i in self.queue) + len(texts) > self.max_queue + self.max_batch_size:
+            self.check_alive()
+            if sum(len(i.inputs) for i in self.queue) + len(inputs) > self.max_queue + self.max_batch_size:
                 raise QueueFull
             self.queue.append(item)
             self.cond.notify()
         return await item.future
 
     def stats(self) -> dict[str, int]:
-        return {"waiting": sum(len(i.texts) for i in self.queue), "running": self.busy}
+        return {"waiting": sum(len(i.inputs) for i in self.queue), "running": self.busy}
 
     def _take_batch(self) -> list[_Item]:
         with self.cond:
@@ -60,15 +71,40 @@ class MicroBatcher(BackgroundWorker):
             if not self.queue:
                 return []
             deadline = self.queue[0].arrival + self.wait_s
-            while (self.running and sum(len(i.texts) for i in self.queue) < self.max_batch_size
+            while (self.running and sum(len(i.inputs) for i in self.queue) < self.max_batch_size
                    and time.perf_counter() < deadline):
                 self.cond.wait(timeout=max(0.0, deadline - time.perf_counter()))
             items, count = [], 0
-            while self.queue and (not items or count + len(self.queue[0].texts) <= self.max_batch_size):
+            while self.queue and (not items or count + len(self.queue[0].inputs) <= self.max_batch_size):
                 item = self.queue.popleft()
                 items.append(item)
-                count += len(item.texts)
+                count += len(item.inputs)
+            self.current = items
             return items
+
+    def _run_inputs(self, inputs: list[Any]) -> tuple[list[Any], list[int]]:
+        results, counts = [], []
+        for start in range(0, len(inputs), self.max_batch_size):
+            r, c = self.run(inputs[start:start + self.max_batch_size])
+            results += r
+            counts += c
+        return results, counts
+
+    def _run_batch(self, items: list[_Item]) -> list[tuple[Any, BaseException | None]]:
+        """(results, token counts) or the error, for each request of the batch."""
+        try:
+            results, counts = self._run_inputs([x for item in items for x in item.inputs])
+        except Exception as e:  # noqa: BLE001 -- find the request at fault: run each alone
+            if len(items) == 1:
+                log.debug("runner failed", exc_info=True)
+                return [(None, e)]
+            return [self._run_batch([item])[0] for item in items]
+        answers, offset = [], 0
+        for item in items:
+            n = len(item.inputs)
+            answers.append(((results[offset:offset + n], counts[offset:offset + n]), None))
+            offset += n
+        return answers
 
     def _loop(self) -> None:
         with torch.inference_mode():
@@ -76,31 +112,23 @@ class MicroBatcher(BackgroundWorker):
                 items = self._take_batch()
                 if not items:
                     continue
-                texts = [t for item in items for t in item.texts]
-                self.busy = len(texts)
+                self.busy = sum(len(item.inputs) for item in items)
                 if self.metrics:
-                    self.metrics.set_load(self.stats()["waiting"], len(texts))
-                results, counts = [], []
-                try:
-                    for start in range(0, len(texts), self.max_batch_size):
-                        r, c = self.run(texts[start:start + self.max_batch_size])
-                        results += r
-                        counts += c
-                    offset = 0
-                    for item in items:
-                        n = len(item.texts)
-                        part = (results[offset:offset + n], counts[offset:offset + n])
-                        item.loop.call_soon_threadsafe(_resolve, item.future, part, None)
-                        offset += n
-                except Exception as e:  # a failed batch fails its requests, never the server
-                    for item in items:
-                        item.loop.call_soon_threadsafe(_resolve, item.future, None, e)
+                    self.metrics.set_load(self.stats()["waiting"], self.busy)
+                answers = self._run_batch(items)
                 now = time.perf_counter()
-                if self.metrics:
-                    for item in items:
+                for item, (answer, error) in zip(items, answers):
+                    item.loop.call_soon_threadsafe(_resolve, item.future, answer, error)
+                    if self.metrics and error is None:
                         self.metrics.e2e.observe(now - item.arrival)
-                    self.metrics.prompt_tokens.inc(sum(counts))
-                self.busy = 0
+                        self.metrics.prompt_tokens.inc(sum(answer[1]))
+                self.current, self.busy = [], 0
+
+    def _fail_pending(self, reason: str) -> None:
+        for item in [*self.current, *self.queue]:
+            item.loop.call_soon_threadsafe(_resolve, item.future, None, WorkerDead(reason))
+        self.queue.clear()
+        self.current = []
 
 
 def _resolve(future: asyncio.Future, result, error) -> None:

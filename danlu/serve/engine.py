@@ -24,13 +24,12 @@ from danlu.serve.cpu_linear import speed_up_linears
 from danlu.serve.kv_cache import SlotKVCache, attention_mask
 from danlu.serve.sampling import SamplingParams, TokenChoice, choose_tokens
 from danlu.serve.text import TextTracker
-from danlu.serve.worker import BackgroundWorker
+from danlu.serve.worker import BackgroundWorker, QueueFull, check_fits
 
 log = logging.getLogger("danlu.serve")
 
 
-class QueueFull(Exception):
-    """More sequences are waiting than --max-queue allows."""
+__all__ = ["DecoderEngine", "Event", "QueueFull", "Sequence"]
 
 
 @dataclass
@@ -104,9 +103,16 @@ class DecoderEngine(BackgroundWorker):
 
     # ---- called from the server's threads ------------------------------------------------------
 
+    def check_fits(self, count: int) -> None:
+        """NeverFits (400) for a request of more sequences than an idle engine could ever hold."""
+        check_fits(count, self.max_batch_size, self.max_queue, "sequences (prompts x n)", "n")
+
     def submit(self, sequences: list[Sequence]) -> None:
-        """Queue sequences (all or none); raise QueueFull when the queue cannot take them."""
+        """Queue sequences (all or none); NeverFits when no idle engine could take them, QueueFull when
+        this one cannot now, WorkerDead when the engine thread has died."""
+        self.check_fits(len(sequences))
         with self.cond:
+            self.check_alive()
             if len(self.waiting) + len(sequences) > self.max_queue + self._free_slots():
                 raise QueueFull
             self.waiting.extend(sequences)
@@ -159,12 +165,24 @@ class DecoderEngine(BackgroundWorker):
     def _admit(self) -> None:
         while self.waiting and self._free_slots() > 0:
             seq = self.waiting.popleft()
+            if seq.params.seed is not None and not seq.params.greedy:
+                try:  # on the device that samples: torch.multinomial takes only a generator of its input's device
+                    seq.generator = torch.Generator(self.device).manual_seed(seq.params.seed)
+                except (RuntimeError, ValueError, OverflowError) as e:  # validated before; fail it alone if not
+                    self._finish(seq, "error", "", error=f"seed {seq.params.seed}: {e}")
+                    continue
             seq.row = max(i for i, owner in enumerate(self.owner) if owner is None)  # from the top
             self.owner[seq.row] = seq
-            if seq.params.seed is not None and not seq.params.greedy:
-                # on the device that samples: torch.multinomial takes only a generator of its input's device
-                seq.generator = torch.Generator(self.device).manual_seed(seq.params.seed)
             self.prefilling.append(seq)
+
+    def _fail_pending(self, reason: str) -> None:
+        for seq in [*self.waiting, *self.prefilling, *self.decoding]:
+            if not seq.finished:
+                seq.finished = True
+                seq.emit(Event("", None, "error", len(seq.prompt), len(seq.generated), error=reason))
+        self.waiting.clear()
+        self.prefilling.clear()
+        self.decoding.clear()
 
     def _drop_cancelled(self) -> None:
         if not self.cancelled:
@@ -262,11 +280,28 @@ class DecoderEngine(BackgroundWorker):
         logits = self._forward(ids, positions, None, torch.zeros(len(seqs), dtype=torch.long, device=self.device))
         self._sample(seqs, logits)
 
+    def _choose(self, seqs: list[Sequence], logits: torch.Tensor) -> list[TokenChoice | Exception]:
+        """Next tokens of the batch; should one row fail, each row alone, so only that row's request fails."""
+        try:
+            return choose_tokens(logits, [s.params for s in seqs], [s.generated for s in seqs],
+                                 [s.generator for s in seqs])
+        except Exception:  # noqa: BLE001 -- isolate the row at fault below
+            choices: list[TokenChoice | Exception] = []
+            for i, seq in enumerate(seqs):
+                try:
+                    choices += choose_tokens(logits[i:i + 1], [seq.params], [seq.generated], [seq.generator])
+                except Exception as e:  # noqa: BLE001
+                    log.exception("sampling failed for one sequence")
+                    choices.append(e)
+            return choices
+
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        choices = choose_tokens(logits, [s.params for s in seqs], [s.generated for s in seqs],
-                                [s.generator for s in seqs])
+        choices = self._choose(seqs, logits)
         now = time.perf_counter()
         for seq, choice in zip(seqs, choices):
+            if isinstance(choice, Exception):
+                self._finish(seq, "error", "", error=f"sampling failed: {type(choice).__name__}: {choice}")
+                continue
             if seq.first_token_at is None:
                 seq.first_token_at = now
                 if self.metrics:

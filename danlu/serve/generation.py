@@ -13,18 +13,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from danlu.serve.engine import DecoderEngine, Event, Sequence
+from danlu.serve.errors import ApiError
 from danlu.serve.sampling import SamplingParams, TokenChoice
 from danlu.serve.schemas import ChatCompletionRequest, CompletionRequest
-
-
-class ApiError(Exception):
-    """An error answered as an OpenAI error object with an HTTP status."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers
 
 
 @dataclass
@@ -61,7 +52,8 @@ class Generator:
         texts = [prompt] if isinstance(prompt, str) else prompt
         if not texts:
             raise ApiError(400, "prompt is empty", param="prompt")
-        return [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        self.engine.check_fits(len(texts) * req.n)  # before the tokenizing: a 20,000-prompt list is a 400 at once
+        return self.tokenizer(texts, add_special_tokens=True)["input_ids"]  # one batch call: the GIL is let go
 
     def chat_prompt(self, req: ChatCompletionRequest) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -112,13 +104,7 @@ class Generator:
     async def _events(self, seqs: list[Sequence], queue: asyncio.Queue,
                       request: Request) -> AsyncIterator[tuple[int, Event]]:
         """Engine events of all choices until each has finished; cancels them if the client leaves."""
-        from danlu.serve.engine import QueueFull
-
-        try:
-            self.engine.submit(seqs)
-        except QueueFull:
-            raise ApiError(429, "the server's queue is full; retry shortly", "rate_limit_error",
-                           code="queue_full", headers={"Retry-After": "1"}) from None
+        self.engine.submit(seqs)  # NeverFits, QueueFull, WorkerDead: answered by danlu.serve.errors
         pending = len(seqs)
         try:
             while pending:

@@ -6,13 +6,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
+
 
 @dataclass
 class SamplingParams:
     """What a request asks of the decoder (OpenAI semantics)."""
 
     max_tokens: int = 16
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # below GREEDY_BELOW means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 means off
     seed: int | None = None
@@ -24,7 +26,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        # as vLLM: a temperature this small is greedy (dividing by it would overflow to inf/nan)
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
 
 
 @dataclass

@@ -2,16 +2,65 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # what torch.Generator.manual_seed takes, with room for seed + n
+
+
+def invalid_unicode_at(value: Any, where: str = "") -> str | None:
+    """The path of the first string in `value` that is not valid Unicode (a lone surrogate, which JSON's
+    \\uXXXX escapes can carry), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found = invalid_unicode_at(getattr(value, name), f"{where}.{name}" if where else name)
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = invalid_unicode_at(item, f"{where}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = invalid_unicode_at(key, where) or invalid_unicode_at(item, f"{where}.{key}")
+            if found:
+                return found
+    return None
 
 
 class _Request(BaseModel):
+    """Base of every request body: unknown fields ignored, invalid Unicode refused (400) before any work."""
+
     model_config = ConfigDict(extra="ignore")  # fields of newer OpenAI clients we do not use
+
+    @model_validator(mode="after")
+    def _valid_unicode(self):
+        where = invalid_unicode_at(self)
+        if where:
+            raise ValueError(f"{where} is not valid Unicode (it holds a lone surrogate); send UTF-8 text")
+        return self
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error this server sends: an OpenAI error object."""
+
+    error: ErrorDetail
 
 
 class StreamOptions(BaseModel):
@@ -21,14 +70,14 @@ class StreamOptions(BaseModel):
 class _Sampling(_Request):
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="below 1e-5 means greedy (as in vLLM)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=-1, description="0 or -1 means off (an extension, as in vLLM)")
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     user: str | None = None

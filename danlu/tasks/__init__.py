@@ -17,6 +17,7 @@ from danlu.errors import DanluError, did_you_mean
 TASKS: dict[str, str] = {
     "classify": "danlu.tasks.classify",
     "ner": "danlu.tasks.ner",
+    "qa": "danlu.tasks.qa",
 }
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from danlu.artifact import atomic_dir
+from danlu.artifact import OWNED, atomic_dir
 from danlu.errors import DanluError
 
 STATE = "train_state.json"
@@ -43,7 +43,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
     """Write checkpoint `step` (rank 0 writes weights and state; every rank its RNG)."""
     folder = run_dir / "checkpoints" / f"step-{step:07d}"
     if rank == 0:
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, overwrite=True) as tmp:
+            (tmp / OWNED).touch()
             save_model(model, str(tmp / "model.safetensors"))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                        tmp / "optimizer.pt")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from danlu.artifact import claim_dir
 from danlu.config import TrainArgs
 from danlu.train import checkpoint as ckpt
 from danlu.train.batching import epoch_batches, shard
@@ -106,7 +107,10 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
     from accelerate import Accelerator
 
     if accelerator is None:
-        from danlu.hardware import use_bf16
+        from danlu.hardware import set_threads, use_bf16
+
+        if not torch.cuda.is_available():
+            set_threads(args.threads)
 
         _forget_single_process_state()
         # cpu=True where there is no GPU: under torchrun/accelerate launch on CPU, accelerate otherwise
@@ -114,6 +118,8 @@ def train(model: torch.nn.Module, objective: Objective, lengths: list[int], args
         accelerator = Accelerator(mixed_precision="bf16" if use_bf16(args.bf16) else "no",
                                   cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
+    if rank == 0:
+        claim_dir(run_dir, flag="the run folder")  # refuses a folder of the user's: danlu empties this one
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = total_steps(args, len(lengths))
     warmup = warmup_steps if warmup_steps is not None else int(args.warmup_ratio * steps)
