@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.danlu-installed
-ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 squad peoples-daily chinese-sentiment
+ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 squad peoples-daily chinese-sentiment counter-fitted keyboard-typos
 # pip extras of danlu to install (pyproject.toml): `make setup EXTRAS=dev` leaves out the trackers of --report-to
 EXTRAS ?= dev,tracking
 
@@ -27,10 +27,12 @@ $(STAMP): $(PY) pyproject.toml constraints.txt $(VENV)/.danlu-extras
 	$(VENV)/bin/danlu assets install $(ASSETS)
 	touch $(STAMP)
 
-# Debian's headless Chromium, which the report tests drive (tests/browser.py); nothing to do when present.
+# Debian packages: headless Chromium, which the page tests drive (tests/browser.py), and WordNet's text
+# database (attacks, EDA); nothing to do when both are present.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; } \
-		|| echo "warning: could not install chromium (apt-get as root); the browser tests will be skipped"
+	@{ command -v chromium >/dev/null 2>&1 && test -e /usr/share/wordnet/data.noun; } \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium wordnet-base; } \
+		|| echo "warning: could not install chromium/wordnet-base (apt-get as root); their tests will be skipped"
 
 quickstart: $(STAMP)
 	$(VENV)/bin/danlu run --overwrite

@@ -77,6 +77,9 @@ ASSETS: dict[str, Asset] = {
         Asset("xsum-sample", "data", "bigbench", "bigbench", "bigbench/benchmark_tasks/gem/xsum/task.json",
               "1,001 BBC article/one-sentence summary pairs from XSum (summarization; a 358 MB download, "
               "installed only when asked for)", sdist="bigbench==1.0.0"),
+        Asset("keyboard-typos", "data", "nlpaug", "nlpaug", "res/char/keyboard/en.json",
+              "English keyboard neighbours of each key (typo attacks and augmentation)",
+              wheel_files=("nlpaug/res/char/keyboard/en.json",)),
     ]
 }
 

@@ -23,6 +23,8 @@ COMMANDS = {
     "export": ("danlu.compress.args", "ExportArgs", "danlu.export.onnx", "export_command"),
     "serve": ("danlu.serve.args", "ServeArgs", "danlu.serve.app", "serve"),
     "runs": ("danlu.report.runs", "RunsArgs", "danlu.report.runs", "list_runs"),
+    "explain": ("danlu.explain.args", "ExplainArgs", "danlu.explain.run", "explain"),
+    "attack": ("danlu.robust.args", "AttackArgs", "danlu.robust.run", "attack"),
 }
 
 

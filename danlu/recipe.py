@@ -48,13 +48,20 @@ def stage_table():
 
         return merge_lora(args.artifact, args.out)
 
+    def attack(args):
+        from danlu.robust.run import attack as attack_model
+
+        return attack_model(args)
+
     from danlu.data.prepare import PrepareArgs
     from danlu.finetune.args import MergeArgs
     from danlu.pretrain.args import PretrainArgs
+    from danlu.robust.args import AttackArgs
 
     return {"prepare": (PrepareArgs, prepare), "pretrain": (PretrainArgs, pretrain),
             "finetune": (FinetuneArgs, finetune), "merge": (MergeArgs, merge),
-            "evaluate": (EvaluateArgs, evaluate)}
+            "evaluate": (EvaluateArgs, evaluate),
+            "attack": (AttackArgs, attack)}
 
 
 def load_recipe(path: str | Path) -> dict:

@@ -16,7 +16,7 @@ def test_list_names_every_asset_and_where(capsys):
     out = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in out]
     assert names == ["minilm-l6", "smollm2-135m", "rotten-tomatoes", "wnut-ner", "conll2003", "wiki-sample", "squad",
-                     "counter-fitted", "peoples-daily", "chinese-sentiment"]
+                     "counter-fitted", "peoples-daily", "chinese-sentiment", "keyboard-typos"]
     for line in out:
         assert "installed" in line.split()  # `make test` installs them all
     smollm = next(line for line in out if line.startswith("smollm2-135m"))

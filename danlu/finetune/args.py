@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from danlu.config import TrainArgs, arg, check
 from danlu.tasks import TASKS
@@ -36,6 +37,9 @@ class FinetuneArgs:
     loss_on: str = arg("assistant", "sft: which tokens carry the loss: assistant (the answers) or all")
     packing: bool = arg(False, "sft: pack short examples into --max-length items (no attention across them)")
     chat_template: str = arg("", "sft: a Jinja chat template file, for a tokenizer without one (or to replace it)")
+    augment: Literal["none", "eda", "typo", "adversarial"] = arg(
+        "none", "train on examples changed on the fly: EDA, keyboard typos, or A2T-style adversarial word swaps "
+                "(see danlu/robust/augment.py)")
     train: TrainArgs = arg(default_factory=TrainArgs)
 
     def __post_init__(self) -> None:
