@@ -109,6 +109,8 @@ def run(args: RunArgs) -> dict:
         if folder:
             print(f"{sid}: {folder}")
     for sid, result in results.items():
-        if isinstance(result, dict) and "accuracy" in result:
-            print(f"{sid}: {result['split']} accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")
+        if isinstance(result, dict) and result.get("primary_metric") in result:
+            metric = result["primary_metric"]
+            extra = f", macro-F1 {result['macro_f1']:.4f}" if "macro_f1" in result else ""
+            print(f"{sid}: {result['split']} {metric} {result[metric]:.4f}{extra}")
     return results

@@ -24,6 +24,8 @@ def to_argv(obj) -> list[str]:
             continue
         elif isinstance(value, bool):
             argv.append(flag_name(f) if value else "--no-" + flag_name(f)[2:])
+        elif isinstance(value, list):  # nargs flags (e.g. --report-to tensorboard mlflow), none when empty
+            argv += [flag_name(f), *map(str, value)] if value else []
         else:
             argv += [flag_name(f), str(value)]
     return argv
