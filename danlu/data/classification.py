@@ -7,12 +7,11 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from danlu.data.splits import complete_splits
+from danlu.data.splits import complete_splits, find_split_files
 from danlu.data.tables import TABLE_SUFFIXES, read_table
 from danlu.errors import DanluError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
-_SPLIT_ALIASES = {"train": ["train"], "validation": ["validation", "valid", "val", "dev"], "test": ["test"]}
 
 
 @dataclass
@@ -113,20 +112,6 @@ def read_examples(path: Path, text_column: str, label_column: str) -> Examples:
                     _column(rows, lines, path, label_column, "label"))
 
 
-def _split_files(folder: Path) -> dict[str, Path]:
-    found = {}
-    for split, aliases in _SPLIT_ALIASES.items():
-        for alias in aliases:
-            matches = [p for p in folder.iterdir() if p.name.split(".")[0] == alias
-                       and any(s in TABLE_SUFFIXES for s in p.suffixes)]
-            if matches:
-                found[split] = matches[0]
-                break
-    if "train" not in found:
-        raise DanluError(f"{folder}: expected a train file (train.csv/.tsv/.jsonl/.parquet) in the folder")
-    return found
-
-
 def stratified_split(examples: Examples, seed: int, val_ratio: float, test_ratio: float,
                      ) -> tuple[Examples, Examples, Examples]:
     """Split into train/validation/test, keeping each label's share, reproducibly for a seed."""
@@ -159,7 +144,8 @@ def load_classification(data: str, text_column: str = "text", label_column: str 
         whole, files = Examples(texts, labels), source if isinstance(source, list) else [source]
         given: dict[str, Examples] = {}
     elif path.is_dir():
-        found = _split_files(path)
+        found = find_split_files(path, lambda p: any(s in TABLE_SUFFIXES for s in p.suffixes),
+                                 "train.csv/.tsv/.jsonl/.parquet")
         given = {s: read_examples(p, text_column, label_column) for s, p in found.items()}
         whole, files = given.pop("train"), list(found.values())
     elif path.exists():

@@ -12,11 +12,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from danlu.data.splits import complete_splits
+from danlu.data.splits import complete_splits, find_split_files
 from danlu.errors import DanluError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
-_SPLIT_ALIASES = {"train": ["train"], "validation": ["validation", "valid", "val", "dev"], "test": ["test"]}
 JSONL_SUFFIXES = {".jsonl", ".json"}
 COLUMN_SUFFIXES = {".txt", ".conll", ".conllu", ".tsv", ".bio", ".iob", ".iob2", ".bioes", ".tags", ""}
 UNTAGGED_SUFFIXES = {".csv", ".parquet"}  # classification tables: texts and labels, no token tags
@@ -171,20 +170,6 @@ def read_tagged(path: Path) -> tuple[list[TaggedSentence], str]:
 # ---- packaged sets, folders, splits -------------------------------------------------------------
 
 
-def _split_files(folder: Path) -> dict[str, Path]:
-    found = {}
-    for split, aliases in _SPLIT_ALIASES.items():
-        for alias in aliases:
-            matches = sorted(p for p in folder.iterdir() if p.is_file() and p.name.split(".")[0] == alias
-                             and p.suffix.lower() in COLUMN_SUFFIXES | JSONL_SUFFIXES | UNTAGGED_SUFFIXES)
-            if matches:
-                found[split] = matches[0]
-                break
-    if "train" not in found:
-        raise DanluError(f"{folder}: expected a train file (train.txt/.conll/.tsv/.jsonl) in the folder")
-    return found
-
-
 def _conll2003() -> Path:
     from danlu.assets import asset_path
 
@@ -238,7 +223,9 @@ def load_ner(data: str, seed: int = 42, val_ratio: float = 0.1, test_ratio: floa
     given: dict[str, list[TaggedSentence]] = {}
     schemes = set()
     if path.is_dir():
-        found = _split_files(path)
+        readable = COLUMN_SUFFIXES | JSONL_SUFFIXES | UNTAGGED_SUFFIXES
+        found = find_split_files(path, lambda p: p.suffix.lower() in readable,
+                                 "train.txt/.conll/.tsv/.jsonl")
         for split, file in found.items():
             given[split], scheme = read_tagged(file)
             schemes.add(scheme)

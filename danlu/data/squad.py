@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from danlu.data.splits import find_split_files
 from danlu.errors import DanluError, did_you_mean
 
 
@@ -155,9 +156,6 @@ def read_qa_file(path: str | Path) -> list[QAExample]:
 
 # ---- splits -------------------------------------------------------------------------------------
 
-_SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
-
-
 def _packaged_squad() -> dict[str, Path]:
     from danlu.assets import install
 
@@ -166,18 +164,6 @@ def _packaged_squad() -> dict[str, Path]:
 
 
 PACKAGED = {"squad": _packaged_squad}
-
-
-def _split_files(folder: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for split, names in _SPLIT_NAMES.items():
-        for path in sorted(folder.iterdir()):
-            stem = path.name.split(".")[0].lower()
-            if path.suffix in (".json", ".jsonl") and any(stem == n or stem.startswith(n + "-") for n in names):
-                found.setdefault(split, path)
-    if "train" not in found:
-        raise DanluError(f"{folder}: expected a train file (train.json or train.jsonl) in the folder")
-    return found
 
 
 def _split_by_context(examples: list[QAExample], seed: int, val_ratio: float, test_ratio: float
@@ -213,7 +199,8 @@ def load_squad(data: str, seed: int = 42, val_ratio: float = 0.1, test_ratio: fl
     if data in PACKAGED and not path.exists():
         files = PACKAGED[data]()
     elif path.is_dir():
-        files = _split_files(path)
+        files = find_split_files(path, lambda p: p.suffix in (".json", ".jsonl"), "train.json or train.jsonl",
+                                 versioned=True)
     elif path.exists():
         files = {"train": path}
     else:
