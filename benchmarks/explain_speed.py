@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from danlu.explain.attribution import baseline_ids, encode_one, integrated_gradients
 from danlu.explain.loading import load
+from finetune_vs_hf import cpu_model  # benchmarks/ is on sys.path when run as a script
 
 TEXT = ("the film is a wonderful and moving meditation on loss , though it drags in places and the ending "
         "never quite earns its tears ; still , the cast is superb")
@@ -38,13 +38,6 @@ def captum_plain(model, tokenizer, batch, target: int, steps: int):
                                         additional_forward_args=tuple(batch[k] for k in names), target=target,
                                         n_steps=steps, return_convergence_delta=True)
     return attributions.sum(-1)[0], float(delta.abs().max())
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
