@@ -120,3 +120,14 @@ def test_lora_qa_artifact_predicts_like_its_merged_model(tiny_bert, squad_slice,
     lora, plain = _pytorch_answers(out, inputs)[0], _pytorch_answers(merged, inputs)[0]
     assert (lora["start"], lora["end"]) == (plain["start"], plain["end"])
     assert lora["score"] == pytest.approx(plain["score"], abs=1e-4)
+
+
+def test_dev_set_as_test_split_is_scored_once_at_the_best_step(qa_artifact):
+    """The folder has no test file, so the test split is the dev set: the test metrics are the best
+    validation's, with every metric of the task (the curve keeps only f1 and exact_match)."""
+    import json
+
+    metrics = json.loads((qa_artifact / "danlu.json").read_text())["metrics"]
+    assert metrics["test"]["f1"] == metrics["best_validation"]["f1"]
+    assert metrics["test"]["exact_match"] == metrics["best_validation"]["exact_match"]
+    assert metrics["test"]["examples"] == 16 and set(metrics["test"]) > set(metrics["best_validation"])

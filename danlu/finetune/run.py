@@ -92,14 +92,11 @@ def finetune(args: FinetuneArgs) -> Path:
     if args.lora:
         model.print_trainable_parameters()
     curve_metrics = getattr(task, "TRAIN_METRICS", (task.PRIMARY_METRIC, "loss"))
-    best_full: dict = {}  # all metrics of the best evaluation (the loop keeps the best by the same rule)
 
     def evaluate(m: torch.nn.Module) -> EvalResult:
         metrics = task.score(m, tokenizer, val_examples, labels, args.max_length, progress="validating", **options)
-        if not best_full or metrics[task.PRIMARY_METRIC] > best_full[task.PRIMARY_METRIC]:
-            best_full.clear()
-            best_full.update(metrics)
-        return EvalResult({k: metrics[k] for k in curve_metrics if k in metrics}, metrics[task.PRIMARY_METRIC])
+        return EvalResult({k: metrics[k] for k in curve_metrics if k in metrics}, metrics[task.PRIMARY_METRIC],
+                          details=metrics)
 
     resume_key = {k: v for k, v in stage_args.items() if k not in _NOT_RESUME_KEY}
     resume_key["data_fingerprint"] = data.fingerprint
@@ -112,9 +109,8 @@ def finetune(args: FinetuneArgs) -> Path:
         load_model(model, str(best))
     model.eval()
     test = data.splits["test"]
-    scored_at_best = best_full and all(best_full.get(k) == v for k, v in result.best_metrics.items())
-    if test is val_examples and scored_at_best:  # e.g. SQuAD: its test split is the dev set, scored at the best step
-        test_metrics = dict(best_full)
+    if test is val_examples and result.best_details:  # e.g. SQuAD: the test split is the dev set, scored at best
+        test_metrics = dict(result.best_details)
     else:
         test_metrics = (task.score(model, tokenizer, test, labels, args.max_length, progress="testing", **options)
                         if len(test) else {})

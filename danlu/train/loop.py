@@ -45,8 +45,9 @@ class Objective(Protocol):
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # what the training curve records
     score: float  # the number early stopping and best-checkpoint selection maximise
+    details: dict[str, Any] = field(default_factory=dict)  # every metric of the evaluation (kept for the best)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TrainResult:
     train_examples: int
     history: list[dict[str, Any]] = field(default_factory=list)
     precision: str = "fp32"  # what the run really used ("bf16" autocast or "fp32")
+    best_details: dict[str, Any] = field(default_factory=dict)  # EvalResult.details of the best evaluation
 
     @property
     def examples_per_second(self) -> float:
@@ -238,7 +240,8 @@ def _loop(model, objective, lengths, args, run_dir, evaluate, accelerator, state
             break
     progress.close()
     precision = "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
-    return TrainResult(step, state["best_step"], state["best_metrics"], train_seconds, seen, [], precision)
+    return TrainResult(step, state["best_step"], state["best_metrics"], train_seconds, seen, [], precision,
+                       state.get("best_details", {}))  # absent from a checkpoint of an older danlu
 
 
 def _evaluate(model, evaluate, accelerator, state, step, args, record, run_dir, on_best) -> bool:
@@ -249,7 +252,8 @@ def _evaluate(model, evaluate, accelerator, state, step, args, record, run_dir, 
     model.train()
     record({"step": step, **{f"eval_{k}": v for k, v in result.metrics.items()}})
     if state["best_score"] is None or result.score > state["best_score"]:
-        state.update(best_score=result.score, best_step=step, best_metrics=result.metrics, bad_evals=0)
+        state.update(best_score=result.score, best_step=step, best_metrics=result.metrics,
+                     best_details=result.details, bad_evals=0)
         if on_best is not None and accelerator.is_main_process:
             on_best(accelerator.unwrap_model(model), run_dir / "best")
     else:
