@@ -49,12 +49,12 @@ class AssetsArgs:
 
 def predict(args: PredictArgs) -> list[dict]:
     from danlu.runtime import load
-    from danlu.tasks import get_task
+    from danlu.tasks import get_task, task_options
 
     loaded = load(args.artifact)
     task = get_task(loaded.task)
     inputs = task.read_inputs(list(args.texts), args.input, **_structured(args))
-    options = _task_options(task, loaded.manifest.args)
+    options = task_options(task, loaded.manifest.args)
     results = task.predict(loaded.model, loaded.tokenizer, inputs, loaded.labels, loaded.max_length, **options)
     rows = []
     for item, result in zip(inputs, results):
@@ -69,14 +69,10 @@ def _structured(args: PredictArgs) -> dict:
     return {k: v for k, v in (("question", args.question), ("context", args.context)) if v}
 
 
-def _task_options(task, recorded: dict) -> dict:
-    return {name: recorded[name] for name in getattr(task, "OPTIONS", ()) if name in recorded}
-
-
 def evaluate(args: EvaluateArgs) -> dict:
     from danlu.artifact import atomic_write_text
     from danlu.runtime import load
-    from danlu.tasks import get_task
+    from danlu.tasks import get_task, task_options
     from danlu.tasks.base import SPLITS, DataSpec
 
     if args.split not in SPLITS:
@@ -91,7 +87,7 @@ def evaluate(args: EvaluateArgs) -> dict:
     if not len(examples):
         raise DanluError(f"{args.data}: the {args.split} split is empty")
     scores = task.score(loaded.model, loaded.tokenizer, examples, loaded.labels, loaded.max_length,
-                        progress="" if args.json else f"evaluating {args.split}", **_task_options(task, recorded),
+                        progress="" if args.json else f"evaluating {args.split}", **task_options(task, recorded),
                         **{name: getattr(args, name) for name in getattr(task, "EVALUATE_OPTIONS", ())})
     metrics = {"artifact": str(loaded.path), "task": task.NAME, "data": args.data, "split": args.split,
                "primary_metric": task.PRIMARY_METRIC, **scores}

@@ -59,7 +59,7 @@ def measure(folder: str, task_name: str, data: dict, threads: int = 0, repeats: 
 
     from danlu.compress.training import MODEL_INPUTS
     from danlu.runtime import load
-    from danlu.tasks import get_task
+    from danlu.tasks import get_task, task_options
     from danlu.tasks.base import DataSpec
 
     if threads:
@@ -70,7 +70,7 @@ def measure(folder: str, task_name: str, data: dict, threads: int = 0, repeats: 
     started = time.perf_counter()
     loaded = load(folder, device="cpu", task=task_name)
     load_seconds = time.perf_counter() - started
-    options = {k: loaded.manifest.args[k] for k in getattr(task, "OPTIONS", ()) if k in loaded.manifest.args}
+    options = task_options(task, loaded.manifest.args)
     metrics = task.score(loaded.model, loaded.tokenizer, test, loaded.labels, loaded.max_length, **options)
     rng = random.Random(seed)
 

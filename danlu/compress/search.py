@@ -22,6 +22,7 @@ from danlu.assets import resolve_model
 from danlu.compress.args import CompressArgs
 from danlu.compress.job import CompressJob, NotApplicable
 from danlu.compress.methods import ALL, METHODS, expand_methods  # noqa: F401
+from danlu.tasks import task_options
 from danlu.errors import DanluError
 
 OPTION_FIELDS = ["train_epochs", "train_max_steps", "train_lr", "train_bf16", "distill_layers", "temperature",
@@ -148,8 +149,7 @@ def _run_method(name: str, made: dict[str, Path], context: dict, args: CompressA
             job = CompressJob(parent=made["+".join(parts[:i])], out=out / "variants" / key, data=context["data"],
                               labels=context["labels"], task=task.NAME, max_length=int(recorded.get("max_length", 128)),
                               calibration_samples=args.calibration_samples, seed=args.seed, threads=args.threads,
-                              options=options, task_options={k: recorded[k] for k in getattr(task, "OPTIONS", ())
-                                                             if k in recorded})
+                              options=options, task_options=task_options(task, recorded))
             module, function = METHODS[part]
             try:
                 made[key] = Path(getattr(importlib.import_module(module), function)(job))

@@ -224,7 +224,7 @@ def export_command(args) -> dict:
     from danlu.assets import resolve_model
     from danlu.compress.job import NotApplicable
     from danlu.runtime import is_decoder, task_of
-    from danlu.tasks import TASKS, get_task
+    from danlu.tasks import TASKS, get_task, task_options
 
     parent = resolve_model(args.artifact)
     if (parent / "model.onnx").exists():
@@ -235,7 +235,7 @@ def export_command(args) -> dict:
                          f"task models ({', '.join(TASKS)})")
     task = get_task(task_name)
     manifest = Manifest.read(parent)
-    options = {k: manifest.args[k] for k in getattr(task, "OPTIONS", ()) if k in manifest.args}
+    options = task_options(task, manifest.args)
     labels, max_length = manifest.labels or [], int(manifest.args.get("max_length") or 128)
     examples = _parity_examples(args, task, manifest)
     if args.parity_samples:

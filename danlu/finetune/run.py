@@ -17,7 +17,7 @@ from danlu.assets import resolve_model
 from danlu.config import to_dict
 from danlu.errors import DanluError
 from danlu.finetune.args import FinetuneArgs
-from danlu.tasks import get_task
+from danlu.tasks import get_task, task_options
 from danlu.tasks.base import DataSpec
 from danlu.train.loop import EvalResult, train
 
@@ -29,11 +29,6 @@ _NOT_RESUME_KEY = {"resume", "out", "log_every", "keep_checkpoints", "save_every
 def data_spec(args: FinetuneArgs) -> DataSpec:
     return DataSpec(args.data, args.train.seed, args.val_ratio, args.test_ratio, args.text_column,
                     args.label_column, args.max_train_examples)
-
-
-def task_options(task, values: dict) -> dict:
-    """The task's own options (its OPTIONS, e.g. QA's doc_stride) from the recorded arguments."""
-    return {name: values[name] for name in getattr(task, "OPTIONS", ()) if name in values}
 
 
 def build_model(task, model_path: Path, labels: list[str], args: FinetuneArgs) -> torch.nn.Module:

@@ -158,7 +158,9 @@ def embedder_runner(model, tokenizer, max_length: int) -> Callable:
 
 def task_runner(task, loaded) -> Callable:
     """Results of the task's `predict` per input, and the tokens of each input (for usage and metrics)."""
-    options = {name: loaded.manifest.args[name] for name in getattr(task, "OPTIONS", ()) if name in loaded.manifest.args}
+    from danlu.tasks import task_options
+
+    options = task_options(task, loaded.manifest.args)
 
     def tokens(item) -> int:
         texts = [item] if isinstance(item, str) else [v for v in item.values() if isinstance(v, str)]

@@ -30,5 +30,11 @@ def get_task(name: str) -> ModuleType:
     return importlib.import_module(TASKS[name])
 
 
+def task_options(task: ModuleType, recorded: dict) -> dict:
+    """The task's own options (its OPTIONS, e.g. QA's doc_stride) from recorded arguments (danlu.json's
+    `args`, or a fine-tune's arguments): the keyword arguments its make_objective, score and predict take."""
+    return {name: recorded[name] for name in getattr(task, "OPTIONS", ()) if name in recorded}
+
+
 def task_names() -> list[str]:
     return list(TASKS)
