@@ -33,9 +33,9 @@ class Loaded:
         return (self.path / "model.onnx").exists()
 
 
-def task_of(path: Path) -> str:
+def task_of(path: Path, manifest: Manifest | None = None) -> str:
     """The task of a folder: danlu.json's, else the default task of its head; `embed` for a bare encoder."""
-    task = Manifest.read(path).task
+    task = (manifest or Manifest.read(path)).task
     if task in DECODER_TASKS and task != "sft":
         return "causal-lm"
     if task:
@@ -60,9 +60,9 @@ def model_device(model) -> "torch.device":  # noqa: F821
     return first.device if first is not None else torch.device("cpu")
 
 
-def load_model(path: Path, attn: str = "sdpa"):
+def load_model(path: Path, attn: str = "sdpa", manifest: Manifest | None = None):
     """The PyTorch (or ONNX Runtime) model of `path` with its head, LoRA merged, variants rebuilt; eval mode."""
-    manifest = Manifest.read(path)
+    manifest = manifest or Manifest.read(path)
     check_safe_weights(path)
     if (path / "model.onnx").exists():
         from danlu.runtime.onnx_model import OnnxModel
@@ -98,11 +98,11 @@ def load(name_or_path: str | Path, device: str | None = None, task: str | None =
     from danlu.assets import resolve_model
 
     path = resolve_model(str(name_or_path))
-    found = task_of(path)
+    manifest = Manifest.read(path)
+    found = task_of(path, manifest)
     if task is not None and found != task:
         raise DanluError(f"{path} is a {found!r} model, not {task!r}")
-    manifest = Manifest.read(path)
-    model = load_model(path, attn)
+    model = load_model(path, attn, manifest)
     if manifest.load.get("cpu_only") or (path / "model.onnx").exists():
         device = "cpu"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -127,11 +127,6 @@ class EmbeddingRequest(_Request):
     user: str | None = None
 
 
-class ClassifyRequest(_Request):
-    model: str
-    input: str | list[str] = Field(min_length=1)
-
-
 class TaskRequest(_Request):
     """The request of a task route (/v1/ner, /v1/qa): `input` is checked by the task's validate_request."""
 
