@@ -88,3 +88,34 @@ def test_pickled_weights_are_refused(tmp_path, capsys):
     (tmp_path / "pytorch_model.bin").write_bytes(b"x")
     assert main(["predict", str(tmp_path), "hi"]) == 2
     assert "loads only safetensors" in capsys.readouterr().err
+
+
+def test_lora_best_keeps_only_the_trainable_tensors_and_restores_them(tiny_bert, tmp_path):
+    """LoRA runs kept the whole model in best/ at each improvement (540 MB for SmolLM2); now only the
+    trainable tensors (adapters, head) are written, and loading them back restores the best model exactly."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from danlu.finetune.run import load_best, save_weights
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2),
+                           LoraConfig(task_type=TaskType.SEQ_CLS, r=4))
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    save_weights(model, tmp_path / "best")
+    assert not (tmp_path / "best" / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    kept = load_file(str(tmp_path / "best" / "trainable.safetensors"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(kept) == trainable and len(kept) < len(best)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.zero_()
+    load_best(model, tmp_path / "best")
+    assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())
