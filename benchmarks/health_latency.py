@@ -106,7 +106,8 @@ def main() -> None:
         samples, answer = poll_during(server.url, accepted, opts.accepted_seconds)
         result["accepted"] = {"request": f"320 prompts x 600 words (960 KB body), max_tokens 1; polled for at most "
                                          f"{opts.accepted_seconds:.0f} s",
-                              "status": getattr(answer, "status_code", str(answer)[:120]),
+                              "status": (f"still running when polling stopped ({opts.accepted_seconds:.0f} s)"
+                                         if answer is None else getattr(answer, "status_code", str(answer)[:120])),
                               **summary([lat for _, lat in samples])}
     result["load_average_at_end"] = os.getloadavg()
     Path(opts.output).parent.mkdir(parents=True, exist_ok=True)
