@@ -8,37 +8,17 @@ import torch
 
 from danlu.cli import main
 
-NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-
-
-def _tiny(tiny_bert, folder, head: str, **config):
-    """The tiny BERT's weights under another head, saved with the tokenizer."""
-    import transformers
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(0)
-    model = getattr(transformers, head).from_pretrained(str(tiny_bert), ignore_mismatched_sizes=True, **config)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(folder)
-    return model
-
-
-@pytest.fixture(scope="module")
-def tiny_ner(tiny_bert, tmp_path_factory):
-    """A tiny token classifier whose head is biased to say B-PER for every token: every word an entity."""
-    folder = tmp_path_factory.mktemp("tiny-ner")
-    model = _tiny(tiny_bert, folder, "BertForTokenClassification", num_labels=len(NER_LABELS),
-                  id2label=dict(enumerate(NER_LABELS)), label2id={k: i for i, k in enumerate(NER_LABELS)})
-    with torch.no_grad():
-        model.classifier.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 1.0, 0.0]))
-    model.save_pretrained(folder)
-    return folder
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]  # tiny_ner's (conftest.py)
 
 
 @pytest.fixture(scope="module")
 def tiny_qa(tiny_bert, tmp_path_factory):
+    from transformers import AutoTokenizer, BertForQuestionAnswering
+
     folder = tmp_path_factory.mktemp("tiny-qa")
-    _tiny(tiny_bert, folder, "BertForQuestionAnswering")
+    torch.manual_seed(0)
+    BertForQuestionAnswering.from_pretrained(str(tiny_bert)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(folder)
     return folder
 
 

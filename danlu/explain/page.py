@@ -24,6 +24,7 @@ def environment():
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                       autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined)
     env.filters["heat"] = heat
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False}  # probabilities keep their order (label or rank)
     return env
 
 
