@@ -99,6 +99,24 @@ def test_ner_page_in_chromium_shows_each_entity(browser, tiny_ner, tmp_path):
     assert errors == [] and requests == []
 
 
+def test_decoder_page_in_chromium_marks_the_tokens_after_each_generated_one(browser, tiny_llama, tmp_path):
+    """A decoder's page: each generated token's view colours only the tokens before it."""
+    out = tmp_path / "decoder.html"
+    assert main(["explain", str(tiny_llama), "The capital of France is", "--max-new-tokens", "2", "--out", str(out),
+                 "--steps", "4"]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    page, errors, requests = open_page(browser, out)
+    for index, target in enumerate(data["targets"]):
+        page.select_option("#target", index=index)
+        cells = heat_map(page)
+        at = target["position"]
+        assert [i for i, c in enumerate(cells) if c[2]] == [at]
+        assert [c[1] for c in cells[at:]] == [""] * (len(cells) - at)
+        assert [float(c[1]) for c in cells[:at]] == pytest.approx(target["attributions"][:at])
+        assert page.eval_on_selector_all("#heatmap .tok.outside", "s => s.length") == len(cells) - at
+    assert errors == [] and requests == []
+
+
 def test_attack_page_in_chromium(browser, tiny_bert, sentiment_csv, tmp_path):
     from danlu.robust.report import attack_page
 
