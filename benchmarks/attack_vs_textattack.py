@@ -130,8 +130,7 @@ def main() -> None:
     import torch
 
     from danlu.explain.loading import load, split_examples
-    from danlu.robust.recipes import stop_words
-    from danlu.robust.resources import _cache_dir, counter_fitted
+    from danlu.data.words import _cache_dir, counter_fitted, stop_words
 
     torch.set_num_threads(2)
     loaded = load(args.model, "cpu")

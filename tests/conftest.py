@@ -83,3 +83,23 @@ def tracked_classifier(tiny_bert, sentiment_csv, tmp_path_factory) -> Path:
                  "--epochs", "4", "--lr", "3e-3", "--batch-size", "16", "--eval-every", "6", "--log-every", "2",
                  "--report-to", "tensorboard", "mlflow"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ner(tiny_bert, tmp_path_factory) -> Path:
+    """The tiny BERT as a token classifier (O, B-PER, I-PER, B-LOC, I-LOC) whose head is biased to say B-PER
+    for every token: every word of a text is an entity (explain tests)."""
+    import torch
+    from transformers import AutoTokenizer, BertForTokenClassification
+
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    folder = tmp_path_factory.mktemp("tiny-ner")
+    torch.manual_seed(0)
+    model = BertForTokenClassification.from_pretrained(
+        str(tiny_bert), num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={k: i for i, k in enumerate(labels)}, ignore_mismatched_sizes=True)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 1.0, 0.0]))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(folder)
+    return folder

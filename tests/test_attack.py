@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from danlu.cli import main
-from danlu.robust.recipes import Constraints, Substitutes, char_edits, keyboard_typos, split_words
+from danlu.data.words import keyboard_typos
+from danlu.robust.recipes import Constraints, Substitutes, char_edits, split_words
 from danlu.robust.search import Words, greedy_attack, run_attacks
 
 POSITIVE = {"great", "wonderful", "superb", "lovely"}
@@ -54,7 +55,7 @@ def test_budget_of_changed_words_is_respected():
 
 
 def test_resources():
-    from danlu.robust.resources import counter_fitted, keyboard_neighbours, wordnet
+    from danlu.data.words import counter_fitted, keyboard_neighbours, wordnet
 
     assert "film" in wordnet().synonyms("movies")
     assert "awful" in wordnet().synonyms("terrible")

@@ -6,11 +6,11 @@ import random
 import torch
 
 from danlu.cli import main
-from danlu.robust.augment import AdversarialObjective, augment_objective, eda, typos
+from danlu.tasks.augment import AdversarialObjective, augment_objective, eda, typos
 
 
 def test_eda_and_typos_are_seeded_and_change_the_text():
-    from danlu.robust.resources import keyboard_neighbours, wordnet
+    from danlu.data.words import keyboard_neighbours, wordnet
 
     text = "a gripping and beautifully acted film about a terrible war"
     synonyms, stops = wordnet().synonyms, frozenset({"a", "and", "about"})

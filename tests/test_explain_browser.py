@@ -67,6 +67,56 @@ def test_explain_page_in_chromium(browser, tiny_bert, tmp_path):
     assert errors == [] and requests == []
 
 
+def heat_map(page):
+    return page.eval_on_selector_all("#heatmap .tok", "spans => spans.map(s => [s.textContent, s.dataset.attribution, "
+                                                      "s.classList.contains('at')])")
+
+
+def test_ner_page_in_chromium_shows_each_entity(browser, tiny_ner, tmp_path):
+    """A token classifier's page: one heat-map element per token; the entity selector redraws the heat map
+    with that entity's attributions, outlines its token and shows its label probabilities."""
+    out = tmp_path / "ner.html"
+    assert main(["explain", str(tiny_ner), "Angela Merkel visited Paris", "--out", str(out), "--steps", "6"]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    page, errors, requests = open_page(browser, out)
+    assert page.eval_on_selector_all("#target option", "o => o.map(x => x.textContent)") == [
+        t["name"] for t in data["targets"]]
+    views = []
+    for index, target in enumerate(data["targets"]):
+        page.select_option("#target", index=index)
+        cells = heat_map(page)
+        assert len(cells) == len(data["tokens"])
+        assert [c[0] for c in cells] == data["tokens"]
+        assert [float(c[1]) for c in cells] == pytest.approx(target["attributions"])
+        assert [i for i, c in enumerate(cells) if c[2]] == [target["position"]]
+        assert page.inner_text("#target-label") == target["label"]
+        rows = page.eval_on_selector_all("#probs tr", "rows => rows.slice(1).map(r => r.cells[0].textContent)")
+        assert rows == list(target["probabilities"])
+        views.append([c[1] for c in cells])
+    assert len({tuple(v) for v in views}) == len(views)  # each entity its own heat map
+    page.screenshot(path=str(tmp_path / "ner.png"), full_page=True)
+    assert (tmp_path / "ner.png").stat().st_size > 0
+    assert errors == [] and requests == []
+
+
+def test_decoder_page_in_chromium_marks_the_tokens_after_each_generated_one(browser, tiny_llama, tmp_path):
+    """A decoder's page: each generated token's view colours only the tokens before it."""
+    out = tmp_path / "decoder.html"
+    assert main(["explain", str(tiny_llama), "The capital of France is", "--max-new-tokens", "2", "--out", str(out),
+                 "--steps", "4"]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    page, errors, requests = open_page(browser, out)
+    for index, target in enumerate(data["targets"]):
+        page.select_option("#target", index=index)
+        cells = heat_map(page)
+        at = target["position"]
+        assert [i for i, c in enumerate(cells) if c[2]] == [at]
+        assert [c[1] for c in cells[at:]] == [""] * (len(cells) - at)
+        assert [float(c[1]) for c in cells[:at]] == pytest.approx(target["attributions"][:at])
+        assert page.eval_on_selector_all("#heatmap .tok.outside", "s => s.length") == len(cells) - at
+    assert errors == [] and requests == []
+
+
 def test_attack_page_in_chromium(browser, tiny_bert, sentiment_csv, tmp_path):
     from danlu.robust.report import attack_page
 

@@ -13,9 +13,14 @@ class ExplainArgs:
 
     artifact: str = arg(help="a trained artifact (an ONNX or compressed variant is explained through its parent)",
                         positional=True)
-    text: str = arg("", "the text to explain (or use --data for a summary over a split)", positional=True)
+    text: str = arg("", "the text to explain (or use --data for a summary over a split; qa: --question/--context)",
+                    positional=True)
     out: str = arg("", "the HTML page to write (JSON beside it); default explain.html, or explain/ with --data")
-    target: str = arg("", "label to attribute to (default: the predicted one)")
+    target: str = arg("", "label to attribute to (default: the predicted one; ner: at each entity's first token)")
+    question: str = arg("", "qa: the question (with --context)")
+    context: str = arg("", "qa: the passage that holds the answer")
+    max_new_tokens: int = arg(1, "sft/causal-lm: attribute each token of a greedy continuation this long "
+                                 "(1: the next token)")
     steps: int = arg(50, "integration steps of integrated gradients")
     internal_batch_size: int = arg(0, "interpolation steps per forward/backward pass; 0 chooses from free memory")
     bf16: bool = arg(False, "run the integration steps under bfloat16 autocast where the hardware has native bf16 "
@@ -28,5 +33,7 @@ class ExplainArgs:
     def __post_init__(self) -> None:
         check(self.steps >= 2, "--steps", f"must be >= 2, got {self.steps}")
         check(self.internal_batch_size >= 0, "--internal-batch-size", f"must be >= 0, got {self.internal_batch_size}")
-        check(bool(self.text) != bool(self.data), "TEXT", "or --data: give exactly one")
+        check(bool(self.text or self.question or self.context) != bool(self.data), "TEXT",
+              "(--question/--context for qa) or --data: give exactly one")
+        check(self.max_new_tokens >= 1, "--max-new-tokens", f"must be >= 1, got {self.max_new_tokens}")
         check(self.n >= 1, "--n", f"must be >= 1, got {self.n}")

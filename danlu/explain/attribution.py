@@ -4,7 +4,8 @@ and head from one forward pass, and attention rollout (Abnar & Zuidema, 2020).""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +27,12 @@ class Explanation:
     rollout: list  # [query][key]
     steps: int
     internal_batch_size: int
+    task: str = "classify"
+    # every attributed output, the first being the one above: {"name", "label", "attributions" (None for a
+    # token that is not part of that output's input), "convergence_delta", "position" (the token the output
+    # sits at, -1 for none), "probabilities"}; a classifier has one, a token classifier one per entity, a QA
+    # model the answer's start and end, a decoder one per generated token
+    targets: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -77,13 +84,16 @@ def baseline_ids(tokenizer, input_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, input_ids, torch.full_like(input_ids, pad))
 
 
-def integrated_gradients(model, tokenizer, batch: dict[str, torch.Tensor], target: int, steps: int = 50,
-                         internal_batch_size: int = 0, bf16: bool = False) -> tuple[torch.Tensor, float, int]:
-    """Attributions (seq,) of the target class's probability to each token, by Captum's
+def integrated_gradients(model, tokenizer, batch: dict[str, torch.Tensor], target: int | Callable, steps: int = 50,
+                         internal_batch_size: int = 0, bf16: bool = False, forward_kwargs: dict | None = None
+                         ) -> tuple[torch.Tensor, float, int]:
+    """Attributions (seq,) of one number the model computes to each token, by Captum's
     LayerIntegratedGradients on the word embeddings; returns them with the convergence delta and the
-    internal batch size used. The weights' gradients are turned off for the pass (not needed: only the
-    embeddings' gradient is), which spares their memory. `bf16` runs the steps under bfloat16 autocast
-    (only where the hardware has it natively; see danlu.hardware.use_bf16)."""
+    internal batch size used. The number is the probability of class `target` (an int), or `target(outputs)`
+    -> (batch,) for a callable (a token's label, an answer's start, a next token). `forward_kwargs` go to every
+    forward call (a decoder's `logits_to_keep=1`). The weights' gradients are turned off for the pass (not
+    needed: only the embeddings' gradient is), which spares their memory. `bf16` runs the steps under
+    bfloat16 autocast (only where the hardware has it natively; see danlu.hardware.use_bf16)."""
     from danlu.hardware import use_bf16
 
     try:
@@ -93,10 +103,11 @@ def integrated_gradients(model, tokenizer, batch: dict[str, torch.Tensor], targe
     device = _model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
     names = [k for k in ("attention_mask", "token_type_ids") if k in batch]
+    score = target if callable(target) else (lambda out: torch.softmax(out.logits.float(), dim=-1)[:, target])
+    options = forward_kwargs or {}
 
     def forward(input_ids, *extra):
-        out = model(input_ids=input_ids, **dict(zip(names, extra))).logits.float()
-        return torch.softmax(out, dim=-1)
+        return score(model(input_ids=input_ids, **dict(zip(names, extra)), **options))
 
     ibs = internal_batch_size or choose_internal_batch_size(model.config, batch["input_ids"].shape[1], steps, device)
     flags = [p.requires_grad for p in model.parameters()]
@@ -108,7 +119,7 @@ def integrated_gradients(model, tokenizer, batch: dict[str, torch.Tensor], targe
         with autocast:
             attributions, delta = lig.attribute(
                 batch["input_ids"], baselines=baseline_ids(tokenizer, batch["input_ids"]),
-                additional_forward_args=tuple(batch[k] for k in names), target=target, n_steps=steps,
+                additional_forward_args=tuple(batch[k] for k in names), n_steps=steps,
                 internal_batch_size=ibs, return_convergence_delta=True)
     finally:
         for p, flag in zip(model.parameters(), flags):
@@ -117,8 +128,8 @@ def integrated_gradients(model, tokenizer, batch: dict[str, torch.Tensor], targe
 
 
 @torch.no_grad()
-def attention_and_prediction(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(layers, heads, seq, seq) attention weights and the class probabilities, from one forward pass with
+def attention_and_outputs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, object]:
+    """(layers, heads, seq, seq) attention weights and the model's outputs, from one forward pass with
     eager attention (SDPA and flash kernels do not return the weights); the model's own attention
     implementation is restored afterwards."""
     device = _model_device(model)
@@ -134,7 +145,12 @@ def attention_and_prediction(model, batch: dict[str, torch.Tensor]) -> tuple[tor
             model.set_attn_implementation(before)
     if not out.attentions:
         raise DanluError(f"{type(model).__name__} returned no attention weights")
-    attentions = torch.stack([a[0].float() for a in out.attentions]).cpu()  # (layers, heads, seq, seq)
+    return torch.stack([a[0].float() for a in out.attentions]).cpu(), out  # (layers, heads, seq, seq)
+
+
+def attention_and_prediction(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A classifier's attention weights (layers, heads, seq, seq) and class probabilities, from one pass."""
+    attentions, out = attention_and_outputs(model, batch)
     return attentions, torch.softmax(out.logits[0].float(), dim=-1).cpu()
 
 
@@ -150,22 +166,54 @@ def attention_rollout(attentions: torch.Tensor) -> torch.Tensor:
     return rollout
 
 
-def explain_text(model, tokenizer, labels: list[str], text: str, max_length: int, steps: int = 50,
-                 target: str = "", internal_batch_size: int = 0, bf16: bool = False) -> Explanation:
-    """Prediction, IG attributions for `target` (default: the predicted label), attention and rollout."""
-    batch = encode_one(tokenizer, text, max_length)
-    attentions, probs = attention_and_prediction(model, batch)
-    predicted = int(probs.argmax())
-    if target and target not in labels:
-        raise DanluError(f"--target {target!r} is not a label of this model; labels: {', '.join(labels)}")
-    target_id = labels.index(target) if target else predicted
-    attributions, delta, ibs = integrated_gradients(model, tokenizer, batch, target_id, steps, internal_batch_size,
-                                                   bf16)
-    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+@dataclass
+class Target:
+    """One number of the model's output to attribute: `score` is a class index (its probability) or
+    outputs -> (batch,); `batch` is the input it is computed from (a decoder's prefix before the token),
+    `position` the page token it belongs to (-1: the whole text), `probabilities` what the page shows beside it."""
+
+    name: str  # what the page's selector says: "PER: John", "answer start: 'paris'", "token 2: ' the'"
+    label: str  # what the attributions are for
+    score: int | Callable
+    batch: dict[str, torch.Tensor]
+    position: int = -1
+    probabilities: dict[str, float] = field(default_factory=dict)
+    forward_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Subject:
+    """What a task's explainer (danlu/explain/targets.py) hands over: the input as the page shows it and
+    the outputs to attribute."""
+
+    text: str
+    batch: dict[str, torch.Tensor]  # the input of the attention view; its tokens are the page's tokens
+    tokens: list[str]
+    prediction: str
+    targets: list[Target]
+
+
+def _rounded(matrix: torch.Tensor, digits: int = 4) -> list:
+    return [[round(float(x), digits) for x in row] for row in matrix]
+
+
+def explain_subject(model, tokenizer, subject: Subject, task: str, steps: int = 50, internal_batch_size: int = 0,
+                    bf16: bool = False) -> Explanation:
+    """IG attributions for each of the subject's targets, attention of every layer and head, and rollout."""
+    attentions, _ = attention_and_outputs(model, subject.batch)
+    targets, used = [], 0
+    for t in subject.targets:
+        attributions, delta, used = integrated_gradients(model, tokenizer, t.batch, t.score, steps,
+                                                         internal_batch_size, bf16, t.forward_kwargs)
+        values = [float(f"{float(a):.6g}") for a in attributions]
+        targets.append({"name": t.name, "label": t.label,
+                        "attributions": values + [None] * (len(subject.tokens) - len(values)),
+                        "convergence_delta": float(f"{delta:.6g}"), "position": t.position,
+                        "probabilities": t.probabilities})
+    first = targets[0]
     return Explanation(
-        text=text, tokens=tokens, attributions=[float(f"{float(a):.6g}") for a in attributions],
-        target=labels[target_id], convergence_delta=float(f"{delta:.6g}"), prediction=labels[predicted],
-        probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
-        attentions=[[[[round(float(x), 4) for x in row] for row in head] for head in layer] for layer in attentions],
-        rollout=[[round(float(x), 4) for x in row] for row in attention_rollout(attentions)],
-        steps=steps, internal_batch_size=ibs)
+        text=subject.text, tokens=subject.tokens, attributions=first["attributions"], target=first["label"],
+        convergence_delta=first["convergence_delta"], prediction=subject.prediction,
+        probabilities=first["probabilities"], attentions=[[_rounded(head) for head in layer] for layer in attentions],
+        rollout=_rounded(attention_rollout(attentions)), steps=steps, internal_batch_size=used, task=task,
+        targets=targets)

@@ -9,11 +9,12 @@ from danlu.errors import DanluError
 from danlu.runtime import Loaded
 
 
-def load(path: str | Path, device: str | None = None) -> Loaded:
-    """Open a classification artifact for inference (PyTorch or ONNX Runtime): danlu.runtime.load."""
+def load(path: str | Path, device: str | None = None, task: str | None = "classify") -> Loaded:
+    """Open an artifact for inference (PyTorch or ONNX Runtime): danlu.runtime.load; a classifier unless
+    `task` says otherwise (None: whatever task the artifact is)."""
     from danlu.runtime import load as runtime_load
 
-    return runtime_load(path, device, task="classify")
+    return runtime_load(path, device, task=task)
 
 
 def is_pytorch(folder: Path, manifest: Manifest) -> bool:
@@ -38,7 +39,7 @@ def load_differentiable(path: str | Path, device: str | None = None) -> tuple[Lo
         notes.append(f"{folder} is a {'ONNX' if (folder / 'model.onnx').exists() else 'compressed'} variant: "
                      f"explained through its parent PyTorch model {parent}")
         folder = parent
-    return load(folder, device), notes
+    return load(folder, device, task=None), notes
 
 
 def split_examples(loaded: Loaded, data: str, split: str, n: int) -> tuple[list[str], list[str]]:

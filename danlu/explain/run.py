@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from danlu.artifact import atomic_dir, atomic_write_text
+from danlu.errors import DanluError
 from danlu.explain.args import ExplainArgs
 from danlu.explain.loading import load_differentiable, split_examples
 from danlu.explain.page import example_page, summary_page
@@ -32,15 +33,37 @@ def top_tokens(explanations, tokenizer, k: int = 15) -> dict[str, list[dict]]:
             for label, words in sorted(totals.items())}
 
 
+SUMMARY_TASKS = ("classify",)  # a summary page ranks tokens per class: classifiers only
+
+
+def _report(e) -> None:
+    """The prediction and, per attributed output, how far to trust its attributions."""
+    head = f"prediction: {e.prediction}" + (f" ({e.probabilities[e.prediction]:.4f})"
+                                            if e.prediction in e.probabilities else "")
+    if len(e.targets) == 1:
+        print(f"{head}; attributions to {e.target}, {e.steps} steps, convergence delta {e.convergence_delta:.4g}")
+        return
+    print(head)
+    for t in e.targets:
+        print(f"  attributions to {t['name']} ({t['label']}), {e.steps} steps, "
+              f"convergence delta {t['convergence_delta']:.4g}")
+
+
 def explain(args: ExplainArgs) -> Path:
     """Write the page(s) and JSON; return the path of the (summary) page."""
-    from danlu.explain.attribution import explain_text
+    from danlu.explain.attribution import explain_subject
+    from danlu.explain.targets import explain_input
 
     loaded, notes = load_differentiable(args.artifact, args.device or None)
     model, tok = loaded.model, loaded.tokenizer
-    if args.text:
-        e = explain_text(model, tok, loaded.labels, args.text, loaded.max_length, args.steps, args.target,
-                         args.internal_batch_size, args.bf16)
+
+    def explain_one(text: str, **request):
+        subject = explain_input(loaded, text=text, target=args.target, max_new_tokens=args.max_new_tokens,
+                                **request)
+        return explain_subject(model, tok, subject, loaded.task, args.steps, args.internal_batch_size, args.bf16)
+
+    if not args.data:
+        e = explain_one(args.text, question=args.question, context=args.context)
         out = Path(args.out or "explain.html")
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out.with_suffix(".json"), json.dumps(
@@ -48,18 +71,19 @@ def explain(args: ExplainArgs) -> Path:
         atomic_write_text(out, example_page(e, str(args.artifact), notes))
         for note in notes:
             print(f"note: {note}")
-        print(f"prediction: {e.prediction} ({e.probabilities[e.prediction]:.4f}); attributions to {e.target}, "
-              f"{e.steps} steps, convergence delta {e.convergence_delta:.4g}")
+        _report(e)
         print(f"wrote {out} and {out.with_suffix('.json')}")
         return out
+    if loaded.task not in SUMMARY_TASKS:
+        raise DanluError(f"--data writes a summary per class, for classifiers; this is a {loaded.task} model: "
+                         "explain one input at a time")
     texts, labels = split_examples(loaded, args.data, args.split, args.n)
     from tqdm.auto import tqdm
 
     out = Path(args.out or "explain")
     explanations = []
     for text in tqdm(texts, desc="explaining", unit="ex", leave=False, dynamic_ncols=True):
-        explanations.append(explain_text(model, tok, loaded.labels, text, loaded.max_length, args.steps,
-                                         args.target, args.internal_batch_size, args.bf16))
+        explanations.append(explain_one(text))
     rows = [{"text": t, "label": y, "prediction": e.prediction, "delta": e.convergence_delta,
              "page": f"examples/{i:04d}.html"} for i, (t, y, e) in enumerate(zip(texts, labels, explanations))]
     top = top_tokens(explanations, tok)

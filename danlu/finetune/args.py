@@ -39,7 +39,7 @@ class FinetuneArgs:
     chat_template: str = arg("", "sft: a Jinja chat template file, for a tokenizer without one (or to replace it)")
     augment: Literal["none", "eda", "typo", "adversarial"] = arg(
         "none", "train on examples changed on the fly: EDA, keyboard typos, or A2T-style adversarial word swaps "
-                "(see danlu/robust/augment.py)")
+                "(see danlu/tasks/augment.py)")
     train: TrainArgs = arg(default_factory=TrainArgs)
 
     def __post_init__(self) -> None:

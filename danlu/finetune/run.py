@@ -95,8 +95,8 @@ def finetune(args: FinetuneArgs) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     train_examples, val_examples = data.splits["train"], data.splits["validation"]
     objective, lengths = task.make_objective(tokenizer, train_examples, labels, args.max_length, **options)
-    if args.augment != "none":  # on-the-fly augmented or adversarial examples (danlu/robust/augment.py)
-        from danlu.robust.augment import augment_objective
+    if args.augment != "none":  # on-the-fly augmented or adversarial examples (danlu/tasks/augment.py)
+        from danlu.tasks.augment import augment_objective
 
         objective = augment_objective(args.augment, task.NAME, objective, train_examples, labels, tokenizer,
                                       args.max_length, args.train.seed)

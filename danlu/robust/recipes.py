@@ -18,6 +18,7 @@ import re
 import string
 from dataclasses import dataclass
 
+from danlu.data.words import keyboard_typos, match_case
 from danlu.errors import DanluError
 
 WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*")
@@ -48,21 +49,9 @@ def check_recipe(recipe: str) -> None:
         raise DanluError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
 
 
-def stop_words() -> frozenset[str]:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    return frozenset(ENGLISH_STOP_WORDS)
-
-
 def split_words(text: str) -> list[tuple[int, int]]:
     """Character spans of the words of `text` (letters and digits, with inner apostrophes and hyphens)."""
     return [m.span() for m in WORD.finditer(text)]
-
-
-def match_case(word: str, like: str) -> str:
-    if like.isupper() and len(like) > 1:
-        return word.upper()
-    return word[:1].upper() + word[1:] if like[:1].isupper() else word
 
 
 def char_edits(word: str, rng: random.Random) -> list[str]:
@@ -83,19 +72,11 @@ def char_edits(word: str, rng: random.Random) -> list[str]:
     return [w for w in dict.fromkeys(out) if w != word and w]
 
 
-def keyboard_typos(word: str, keyboard: dict[str, list[str]], limit: int, rng: random.Random) -> list[str]:
-    """Words with one character replaced by a neighbouring key; up to `limit`, sampled."""
-    out = [word[:i] + match_case(n, c) + word[i + 1:]
-           for i, c in enumerate(word) for n in keyboard.get(c.lower(), [])]
-    out = list(dict.fromkeys(w for w in out if w != word))
-    return rng.sample(out, limit) if len(out) > limit else out
-
-
 class Substitutes:
     """The candidates for each word under a recipe (looked up once per word, cached)."""
 
     def __init__(self, recipe: str, constraints: Constraints, seed: int = 0):
-        from danlu.robust import resources
+        from danlu.data import words as resources
 
         check_recipe(recipe)
         self.recipe, self.constraints, self.rng = recipe, constraints, random.Random(seed)

@@ -11,7 +11,8 @@ import numpy as np
 
 from danlu.artifact import atomic_dir
 from danlu.robust.args import AttackArgs
-from danlu.robust.recipes import Constraints, Substitutes, check_recipe, stop_words
+from danlu.data.words import stop_words
+from danlu.robust.recipes import Constraints, Substitutes, check_recipe
 from danlu.robust.search import AttackResult, Words, greedy_attack, run_attacks
 
 

@@ -1,13 +1,15 @@
-"""Word resources of the attacks, read as text and JSON only (never a pickle):
+"""Word resources of the attacks and of training-time augmentation, read as text and JSON only (never a pickle):
 counter-fitted word vectors (Mrkšić et al. 2016; the `counter-fitted` asset), WordNet 3.0 synonyms
 (Debian's `wordnet-base`, /usr/share/wordnet, parsed here from its text database), and the keyboard
-neighbours of each key (the `keyboard-typos` asset, from nlpaug)."""
+neighbours of each key (the `keyboard-typos` asset, from nlpaug); and the word-level helpers both use
+(stop words, keyboard typos)."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+import random
 import zipfile
 from pathlib import Path
 
@@ -153,3 +155,23 @@ def keyboard_neighbours() -> dict[str, list[str]]:
     path = install("keyboard-typos", quiet=True)
     table = json.loads(Path(path).read_text(encoding="utf-8"))
     return {k.lower(): [c.lower() for c in v if c.isalnum()] for k, v in table.items()}
+
+
+def stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def match_case(word: str, like: str) -> str:
+    if like.isupper() and len(like) > 1:
+        return word.upper()
+    return word[:1].upper() + word[1:] if like[:1].isupper() else word
+
+
+def keyboard_typos(word: str, keyboard: dict[str, list[str]], limit: int, rng: random.Random) -> list[str]:
+    """Words with one character replaced by a neighbouring key; up to `limit`, sampled."""
+    out = [word[:i] + match_case(n, c) + word[i + 1:]
+           for i, c in enumerate(word) for n in keyboard.get(c.lower(), [])]
+    out = list(dict.fromkeys(w for w in out if w != word))
+    return rng.sample(out, limit) if len(out) > limit else out

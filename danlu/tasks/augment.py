@@ -28,7 +28,7 @@ import random
 import torch
 
 from danlu.errors import DanluError
-from danlu.robust.recipes import keyboard_typos, stop_words
+from danlu.data.words import keyboard_typos, stop_words
 
 AUGMENTS = ("none", "eda", "typo", "adversarial")
 
@@ -106,7 +106,7 @@ def neighbour_table(tokenizer, k: int = 20, min_cosine: float = 0.5) -> dict[int
     import numpy as np
 
     from danlu.assets import danlu_home
-    from danlu.robust.resources import counter_fitted
+    from danlu.data.words import counter_fitted
 
     vocab = tokenizer.get_vocab()
     key = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
@@ -202,7 +202,7 @@ def augment_objective(mode: str, task: str, objective, examples, labels: list[st
     texts, label_ids = [t for t, _ in examples], [labels.index(y) for _, y in examples]
     if mode == "adversarial":
         return AdversarialObjective(objective, tokenizer)
-    from danlu.robust import resources
+    from danlu.data import words as resources
 
     if mode == "eda":
         wordnet, stops = resources.wordnet(), stop_words()
