@@ -105,24 +105,33 @@ def available_cpus() -> int:
     return max(1, min(cpus, math.floor(quota))) if quota else cpus
 
 
+def free_time(fields: list[int], own_nice: int) -> tuple[int, int]:
+    """(total, free) CPU time of one /proc/stat cpu line: free is idle + iowait, plus the time of niced
+    processes (the `nice` column) when this process is not niced itself, since those yield to it."""
+    total = sum(fields[:8])  # guest time is already counted in user time
+    free = fields[3] + fields[4] + (fields[1] if own_nice <= 0 else 0)
+    return total, free
+
+
 def idle_share(window_s: float = 0.25) -> float:
-    """The share of time the CPUs this process may use were idle over the last `window_s` (per-CPU lines
-    of /proc/stat); 1 where unknown."""
+    """The share of time the CPUs this process may use were free to it over the last `window_s` (per-CPU
+    lines of /proc/stat): idle, or running niced work that yields to a process that is not niced (a
+    background compile must not make danlu take one thread); 1 where unknown."""
     try:
         mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
-    except AttributeError:
+        own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
         return 1.0
 
     def sample() -> tuple[int, int]:
-        total = idle = 0
+        total = free = 0
         with open("/proc/stat") as f:
             for line in f:
                 name, *values = line.split()
                 if name in mine:
-                    fields = [int(x) for x in values]
-                    total += sum(fields[:8])  # guest time is already counted in user time
-                    idle += fields[3] + fields[4]  # idle + iowait
-        return total, idle
+                    t, i = free_time([int(x) for x in values], own_nice)
+                    total, free = total + t, free + i
+        return total, free
 
     try:
         total0, idle0 = sample()

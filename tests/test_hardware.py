@@ -47,6 +47,15 @@ def test_threads_follow_the_flag_then_the_environment_then_the_free_cpus(monkeyp
     assert 0.0 <= hardware.idle_share(0.05) <= 1.0
 
 
+def test_niced_work_counts_as_free_for_a_process_that_is_not_niced():
+    """A niced background job (a compile, a helper's tests) yields its CPU to danlu, so it must not make
+    danlu drop to one thread; to a niced danlu it is busy time like any other."""
+    # /proc/stat columns: user nice system idle iowait irq softirq steal
+    fields = [100, 600, 50, 200, 50, 0, 0, 0]
+    assert hardware.free_time(fields, own_nice=0) == (1000, 850)
+    assert hardware.free_time(fields, own_nice=10) == (1000, 250)
+
+
 def test_the_cli_makes_openmp_wait_passively_unless_told_otherwise():
     import subprocess
     import sys
