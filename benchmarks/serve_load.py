@@ -53,7 +53,7 @@ LLAMA_BIN = LLAMA_VENV / "llama-server-build" / "bin"
 LLAMA_SERVER = LLAMA_BIN / "llama-server"
 # llama.cpp's own tools built beside the server: `llama-perplexity` for the quality table, `llama-simple` for
 # greedy continuations of GGUF files (benchmarks/gguf_llamacpp.py)
-LLAMA_TOOLS = ("llama-server", "llama-perplexity", "llama-simple")
+LLAMA_TOOLS = ("llama-simple", "llama-perplexity", "llama-server")
 # The default (native) PyPI build segfaulted in decode on the AVX-512/AMX Xeon (MACHINE-NOTES); the AVX-512 flags
 # that work there make a library that dies with SIGILL on an AVX2-only CPU (seen on an AMD EPYC host). So the
 # flags follow the CPU we are on.
@@ -114,8 +114,9 @@ def setup_llama() -> None:
                     *llama_cmake_args().split(), "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF",
                     "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
     jobs = os.environ.get("LLAMA_BUILD_JOBS", "2")
-    subprocess.run(["nice", "-n", "10", "cmake", "--build", str(build), "--target", *LLAMA_TOOLS, "-j", jobs],
-                   check=True)
+    for tool in LLAMA_TOOLS:  # one at a time, smallest first: the libraries they share are compiled once
+        subprocess.run(["nice", "-n", "10", "cmake", "--build", str(build), "--target", tool, "-j", jobs],
+                       check=True)
 
 
 # ---- the naive baseline server -------------------------------------------------------------------
