@@ -17,7 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 LLAMA_PYTHON = Path(os.environ.get("DANLU_LLAMA_VENV", "/work/bench-venv-llama")) / "bin" / "python"
 WORKER = ROOT / "benchmarks" / "llamacpp_worker.py"
 
-pytestmark = pytest.mark.skipif(not LLAMA_PYTHON.exists(), reason=f"no llama.cpp benchmark venv ({LLAMA_PYTHON})")
+
+
+def has_llama_cpp() -> bool:
+    """The benchmark venv exists and its llama-cpp-python build finished."""
+    return LLAMA_PYTHON.exists() and subprocess.run([str(LLAMA_PYTHON), "-c", "import llama_cpp"],
+                                                    capture_output=True).returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not has_llama_cpp(), reason=f"no llama-cpp-python in {LLAMA_PYTHON}")
 
 
 def llama_cpp(request: dict) -> dict:
