@@ -49,7 +49,11 @@ from fastapi import Body  # module level: FastAPI resolves the handler's annotat
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serve_load.json"
 LLAMA_VENV = Path(os.environ.get("DANLU_LLAMA_VENV", "/work/bench-venv-llama"))
-LLAMA_SERVER = LLAMA_VENV / "llama-server-build" / "bin" / "llama-server"
+LLAMA_BIN = LLAMA_VENV / "llama-server-build" / "bin"
+LLAMA_SERVER = LLAMA_BIN / "llama-server"
+# llama.cpp's own tools built beside the server: `llama-perplexity` for the quality table, `llama-simple` for
+# greedy continuations of GGUF files (benchmarks/gguf_llamacpp.py)
+LLAMA_TOOLS = ("llama-simple", "llama-perplexity", "llama-server")
 # The default (native) PyPI build segfaulted in decode on the AVX-512/AMX Xeon (MACHINE-NOTES); the AVX-512 flags
 # that work there make a library that dies with SIGILL on an AVX2-only CPU (seen on an AMD EPYC host). So the
 # flags follow the CPU we are on.
@@ -82,7 +86,8 @@ def free_port() -> int:
 
 def setup_llama() -> None:
     """Build llama-cpp-python[server] into its own venv with the flags that work on this CPU, and llama.cpp's
-    own `llama-server` (continuous batching over parallel slots) from the llama.cpp sources in that package."""
+    own `llama-server` (continuous batching over parallel slots), `llama-perplexity` and `llama-simple` from the
+    llama.cpp sources in that package."""
     if not (LLAMA_VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(LLAMA_VENV)], check=True)
     env = {**os.environ, "CMAKE_ARGS": llama_cmake_args(), "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
@@ -91,7 +96,7 @@ def setup_llama() -> None:
     if not installed:
         subprocess.run(["nice", "-n", "10", str(LLAMA_VENV / "bin" / "pip"), "install", "--no-cache-dir",
                         "llama-cpp-python[server]==0.3.36"], check=True, env=env)
-    if LLAMA_SERVER.exists():
+    if all((LLAMA_BIN / tool).exists() for tool in LLAMA_TOOLS):
         return
     import tarfile
 
@@ -107,10 +112,11 @@ def setup_llama() -> None:
     build = LLAMA_VENV / "llama-server-build"
     subprocess.run(["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                     *llama_cmake_args().split(), "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF",
-                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
+                    "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
     jobs = os.environ.get("LLAMA_BUILD_JOBS", "2")
-    subprocess.run(["nice", "-n", "10", "cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
-                   check=True)
+    for tool in LLAMA_TOOLS:  # one at a time, smallest first: the libraries they share are compiled once
+        subprocess.run(["nice", "-n", "10", "cmake", "--build", str(build), "--target", tool, "-j", jobs],
+                       check=True)
 
 
 # ---- the naive baseline server -------------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_gguf_round_trip_through_transformers(tiny_llama, tmp_path, quantize, to
               if k in ("general.architecture", "llama.block_count", "tokenizer.ggml.model",
                        "tokenizer.ggml.eos_token_id", "tokenizer.ggml.pre")}
     assert fields == {"general.architecture": "llama", "llama.block_count": 2, "tokenizer.ggml.model": "gpt2",
-                      "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.pre": "gpt2"}
+                      "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.pre": "gpt-2"}
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["blk.0.attn_norm.weight"] == "F32"
     tied = json.loads((tiny_llama / "config.json").read_text()).get("tie_word_embeddings")

@@ -33,7 +33,8 @@ def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
 def _pre_tokenizer_name(model_dir: Path, spec: dict) -> str:
     """llama.cpp's name for the pre-tokenizer (it picks its split regex by name). A model converted from
     a GGUF (the packaged SmolLM2) keeps its source's name, found by following danlu.json's lineage;
-    transformers' GGUF conversion drops SmolLM's digit splitting, so the tokenizer.json cannot tell."""
+    transformers' GGUF conversion drops SmolLM's digit splitting, so the tokenizer.json cannot tell. GPT-2's
+    own split is "gpt-2" in llama.cpp (llama-vocab.cpp), which refuses to load a file that says "gpt2"."""
     import gguf
 
     from danlu.artifact import read_manifest
@@ -50,7 +51,7 @@ def _pre_tokenizer_name(model_dir: Path, spec: dict) -> str:
                 return str(field.contents())
         parent = manifest.get("base_model") or manifest.get("parent")
         folder = Path(parent) if parent and Path(parent) != folder else None
-    return "smollm" if '"individual_digits": true' in json.dumps(spec.get("pre_tokenizer") or {}) else "gpt2"
+    return "smollm" if '"individual_digits": true' in json.dumps(spec.get("pre_tokenizer") or {}) else "gpt-2"
 
 
 def _tokenizer_metadata(writer, tokenizer_dir: Path) -> None:
