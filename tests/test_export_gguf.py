@@ -33,6 +33,8 @@ def test_gguf_round_trip_through_transformers(tiny_llama, tmp_path, quantize, to
     tied = json.loads((tiny_llama / "config.json").read_text()).get("tie_word_embeddings")
     assert ("output.weight" in types) == (not tied)  # tied: llama.cpp reuses token_embd
     assert types["blk.0.attn_q.weight"] == {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[quantize]
+    # 4-bit files keep the embedding / output matrix 8-bit, as llama.cpp's do
+    assert types["token_embd.weight"] == {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q8_0"}[quantize]
     manifest = json.loads((out / "danlu.json").read_text())
     assert manifest["stage"] == "export" and manifest["gguf"]["quantize"] == quantize
 
