@@ -103,6 +103,28 @@ def test_gb18030_files_are_detected_and_read(tmp_path, capsys):
     assert read_text(bom) == "中文"
 
 
+def test_ner_chat_and_squad_files_in_gb18030_are_read_like_utf8(tmp_path, capsys):
+    """The NER, chat and SQuAD readers open files the way every other reader does (data/textfile.py)."""
+    from danlu.data.chat import read_conversations
+    from danlu.data.ner import read_tagged
+    from danlu.data.squad import read_qa_file
+
+    conll = tmp_path / "zh.conll"
+    conll.write_bytes("北京\tB-LOC\n欢迎\tO\n你\tO\n".encode("gb18030"))
+    sentences, _ = read_tagged(conll)
+    assert sentences[0].tokens == ["北京", "欢迎", "你"] and sentences[0].tags == ["B-LOC", "O", "O"]
+    chat = tmp_path / "zh.jsonl"
+    chat.write_bytes((json.dumps({"instruction": "你好", "output": "你好！"}, ensure_ascii=False) + "\n")
+                     .encode("gb18030"))
+    assert read_conversations(chat)[0][-1]["content"] == "你好！"
+    squad = tmp_path / "zh-qa.jsonl"
+    squad.write_bytes((json.dumps({"id": "1", "question": "首都是哪里？", "context": "中国的首都是北京。",
+                                   "answers": {"text": ["北京"], "answer_start": [6]}}, ensure_ascii=False)
+                       + "\n").encode("gb18030"))
+    assert read_qa_file(squad)[0].answer_texts == ("北京",)
+    assert capsys.readouterr().err.count("it is read as GB18030") == 3
+
+
 @pytest.mark.parametrize("content, message", [
     ("élève à l'école, déjà vu\n".encode("latin-1"), r"not UTF-8 text \(invalid continuation byte at byte 0\) "
                                                       r"nor Chinese GB18030/GBK; save it as UTF-8"),

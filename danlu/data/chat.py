@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from danlu.data.textfile import read_text
 from danlu.errors import DanluError, did_you_mean
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
@@ -46,10 +47,7 @@ def _json_rows(path: Path) -> Iterator[tuple[Any, int]]:
     """(row, line where it starts) for a JSON array file or a JSONL file."""
     if not path.exists():
         raise DanluError(f"no such file: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DanluError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text(path)  # UTF-8, or Chinese GB18030/GBK detected; else a one-line error
     decoder = json.JSONDecoder()
     start = len(text) - len(text.lstrip())
     if text[start:start + 1] == "[":  # one JSON array: decode element by element to know each one's line

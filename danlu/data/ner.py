@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from danlu.data.splits import complete_splits, find_split_files
+from danlu.data.textfile import open_text
 from danlu.errors import DanluError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
@@ -100,7 +101,7 @@ def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]]]:
     words: list[list[str]] = []
     tags: list[list[str]] = []
     current: tuple[list[str], list[str]] = ([], [])
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:  # UTF-8, or Chinese GB18030/GBK detected; else a one-line error
         for number, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():

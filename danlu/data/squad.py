@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from danlu.data.splits import find_split_files
+from danlu.data.textfile import read_text
 from danlu.errors import DanluError, did_you_mean
 
 
@@ -103,25 +104,25 @@ def _read_squad_json(path: Path, document: dict) -> list[QAExample]:
     return examples
 
 
-def _read_jsonl(path: Path) -> list[QAExample]:
+def _read_jsonl(path: Path, text: str) -> list[QAExample]:
+    """The questions of JSON Lines `text`, read from `path` (named in errors with the line)."""
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DanluError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DanluError(f"{where}: expected a JSON object per line")
-            answers = row.get("answers")
-            if not isinstance(answers, dict):
-                raise DanluError(f"{where}: question {row.get('id')!r}: missing 'answers' "
-                                 "({'text': [...], 'answer_start': [...]})")
-            examples.append(_example(where, row.get("id"), row.get("question"), row.get("context"),
-                                     answers.get("text"), answers.get("answer_start"), need_answer=True))
+    for line_number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may sit in a string
+        if not line.strip():
+            continue
+        where = f"{path}:{line_number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DanluError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DanluError(f"{where}: expected a JSON object per line")
+        answers = row.get("answers")
+        if not isinstance(answers, dict):
+            raise DanluError(f"{where}: question {row.get('id')!r}: missing 'answers' "
+                             "({'text': [...], 'answer_start': [...]})")
+        examples.append(_example(where, row.get("id"), row.get("question"), row.get("context"),
+                                 answers.get("text"), answers.get("answer_start"), need_answer=True))
     return examples
 
 
@@ -130,10 +131,7 @@ def read_qa_file(path: str | Path) -> list[QAExample]:
     path = Path(path)
     if not path.is_file():
         raise DanluError(f"no such file: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DanluError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text(path)  # UTF-8, or Chinese GB18030/GBK detected; else a one-line error
     document = None
     if text.lstrip().startswith("{"):
         try:
@@ -143,7 +141,7 @@ def read_qa_file(path: str | Path) -> list[QAExample]:
     if isinstance(document, dict) and "data" in document:
         examples = _read_squad_json(path, document)
     else:
-        examples = _read_jsonl(path)
+        examples = _read_jsonl(path, text)
     if not examples:
         raise DanluError(f"{path}: no questions")
     seen: set[str] = set()
