@@ -86,8 +86,8 @@ def main() -> None:
                                                                     "request is being prepared"}
     with tempfile.TemporaryDirectory() as logs, running_server(opts.model, "--served-model-name", "m",
                                                                log_dir=Path(logs), timeout=300) as server:
-        quiet = [poll_during(server.url, lambda: time.sleep(1.0), 1.0)[0]]
-        result["idle"] = summary([lat for _, lat in quiet[0]])
+        quiet, _ = poll_during(server.url, lambda: time.sleep(1.0), 1.0)
+        result["idle"] = summary([lat for _, lat in quiet])
 
         def rejected():
             body = {"model": "m", "prompt": ["word " * 24_000] * 8, "max_tokens": 4}

@@ -167,7 +167,7 @@ def write_gguf(model_dir: Path, target: Path, quantize: str = "q8_0", name: str 
     return {"quantize": quantize, "tensor_types": counts, "bytes": target.stat().st_size}
 
 
-def _tensor_type(quantize: str, data: np.ndarray, name: str = ""):
+def _tensor_type(quantize: str, data: np.ndarray, name: str):
     """The GGML type of one tensor: norms (1-D) stay F32, as llama.cpp's converter keeps them; a
     block-quantized type needs rows that are whole blocks, else F16 (or F32 for F32 files). In a 4-bit
     file the token embeddings and the output matrix stay 8-bit, as in llama.cpp's own 4-bit files (the
