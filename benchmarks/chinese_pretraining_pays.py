@@ -268,17 +268,18 @@ def main() -> None:
                    "pretrain_cmd": pretrain_cmd, "pretrain_seconds": pretrain_seconds,
                    "pretrain_manifest": pretrain_manifest, "minilm_seeds": minilm_seeds, "started": started,
                    "load_before": load_before, "load": load}
+        budget = f"lr{args.bert_lr:g}-s{args.steps}"  # fine-tunes of another budget get their own folders
         for seed, name in plan:
             print(f"seed {seed}: {name} ...", flush=True)
             if name == "tfidf-lr":
                 result = tfidf_lr(seed)
             elif name == "pretrained":
-                result = finetune(str(bert), work / f"ft-pretrained-{seed}", seed, args, args.bert_lr, args.steps)
+                result = finetune(str(bert), work / f"ft-pretrained-{seed}-{budget}", seed, args, args.bert_lr, args.steps)
             elif name == "random-init":
                 init = random_init_model(bert, work / f"random-init-{seed}", seed)
-                result = finetune(str(init), work / f"ft-random-init-{seed}", seed, args, args.bert_lr, args.steps)
+                result = finetune(str(init), work / f"ft-random-init-{seed}-{budget}", seed, args, args.bert_lr, args.steps)
             else:
-                result = finetune(minilm, work / f"ft-minilm-{seed}", seed, args, args.minilm_lr, args.minilm_steps)
+                result = finetune(minilm, work / f"ft-minilm-{seed}-lr{args.minilm_lr:g}-s{args.minilm_steps}", seed, args, args.minilm_lr, args.minilm_steps)
             print(f"  {result}", flush=True)
             runs[name].append({"seed": seed, **result})
             summary = write_report(args, runs, context, partial=(seed, name) != plan[-1])

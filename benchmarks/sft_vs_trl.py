@@ -4,7 +4,9 @@ examples, max length, batch and steps, interleaved in one run; trained tokens/s 
 Both train one epoch over exactly steps x batch training examples (so both see the same tokens) with
 the loss on the assistant answer only (TRL: prompt-completion data with `completion_only_loss`, since
 SmolLM2's chat template has no `{% generation %}` markers for `assistant_only_loss`). The validation
-loss of both trained models is measured by the same function (danlu.tasks.sft.token_loss).
+loss of both trained models is measured by the same function (danlu.tasks.sft.token_loss). Both timings
+are of the whole training call, with one checkpoint written at the last step (danlu's loop always writes
+one; the Trainer is told to).
 TRL runs in its own virtual environment (default /work/bench-venv-trl; `--trl-python`).
 
     flock /tmp/danlu-cpu.lock .venv/bin/python benchmarks/sft_vs_trl.py --steps 20 --batch 8 --rounds 2
@@ -62,10 +64,11 @@ def run_danlu(cfg: dict) -> dict:
     args = TrainArgs(max_steps=cfg["steps"], lr=cfg["lr"], batch_size=cfg["batch"], warmup_ratio=0.0,
                      weight_decay=0.0, max_grad_norm=1.0, log_every=1000, save_every=10**6, seed=0)
     run_dir = Path(cfg["work"]) / "danlu.run"
-    result = train(model, objective, lengths, args, run_dir)
+    started = time.perf_counter()
+    train(model, objective, lengths, args, run_dir)
+    seconds = time.perf_counter() - started  # the whole call, its final checkpoint included, as for TRL
     tokens = sum(lengths)
-    return {"train_seconds": result.train_seconds, "tokens": tokens,
-            "tokens_per_second": tokens / result.train_seconds,
+    return {"train_seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
             "validation_loss": validation_loss(model, tokenizer, val, cfg["max_length"])}
 
 
@@ -88,7 +91,8 @@ def run_trl(cfg: dict) -> dict:
     config = SFTConfig(output_dir=str(Path(cfg["work"]) / "trl.run"), max_steps=cfg["steps"],
                        per_device_train_batch_size=cfg["batch"], learning_rate=cfg["lr"], lr_scheduler_type="linear",
                        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, max_length=cfg["max_length"],
-                       completion_only_loss=True, packing=False, report_to=[], save_strategy="no", logging_steps=1000,
+                       completion_only_loss=True, packing=False, report_to=[], save_strategy="steps", save_steps=cfg["steps"],
+                       logging_steps=1000,
                        seed=0, use_cpu=True, dataloader_num_workers=0, bf16=False)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))

@@ -97,7 +97,8 @@ def test_lora_best_keeps_only_the_trainable_tensors_and_restores_them(tiny_bert,
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from danlu.finetune.run import load_best, save_weights
+    from danlu.errors import DanluError
+    from danlu.train.checkpoint import load_weights, save_weights
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2),
@@ -117,5 +118,12 @@ def test_lora_best_keeps_only_the_trainable_tensors_and_restores_them(tiny_bert,
         for p in model.parameters():
             if p.requires_grad:
                 p.zero_()
-    load_best(model, tmp_path / "best")
+    assert load_weights(model, tmp_path / "best")
     assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())
+    for p in model.parameters():  # weights of another model (a frozen head) are refused, not half loaded
+        if p.requires_grad and p.ndim == 1:
+            p.requires_grad_(False)
+            break
+    with pytest.raises(DanluError, match="do not fit the model"):
+        load_weights(model, tmp_path / "best")
+    assert not load_weights(model, tmp_path / "nothing")

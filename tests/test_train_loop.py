@@ -1,5 +1,6 @@
 import shutil
 
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -37,15 +38,26 @@ def test_accumulated_loss_equals_full_batch(tiny_bert, sentiment_csv, tmp_path):
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)
 
 
-def test_resume_continues_exactly(tiny_bert, sentiment_csv, tmp_path):
+def fresh_lora(tiny_bert):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model = fresh(tiny_bert)
+    return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, init_lora_weights=False))
+
+
+@pytest.mark.parametrize("make", [fresh, fresh_lora], ids=["full", "lora"])
+def test_resume_continues_exactly(make, tiny_bert, sentiment_csv, tmp_path):
     objective, lengths = setup(tiny_bert, sentiment_csv)
     args = TrainArgs(max_steps=8, batch_size=8, lr=1e-3, log_every=1, save_every=4, keep_checkpoints=3)
-    full = train(fresh(tiny_bert), objective, lengths, args, tmp_path / "full", resume_key={"k": 1})
+    full = train(make(tiny_bert), objective, lengths, args, tmp_path / "full", resume_key={"k": 1})
+    if make is fresh_lora:  # a LoRA checkpoint holds the trainable tensors only, not the frozen base
+        saved = tmp_path / "full" / "checkpoints" / "step-0000004"
+        assert (saved / "trainable.safetensors").exists() and not (saved / "model.safetensors").exists()
     # Simulate a run killed after its step-4 checkpoint: keep only that checkpoint.
     run = tmp_path / "killed"
     shutil.copytree(tmp_path / "full", run)
     shutil.rmtree(run / "checkpoints" / "step-0000008")
-    resumed = train(fresh(tiny_bert), objective, lengths, args, run, resume=True, resume_key={"k": 1})
+    resumed = train(make(tiny_bert), objective, lengths, args, run, resume=True, resume_key={"k": 1})
     tail = lambda r: [e["loss"] for e in r.history if "loss" in e and e["step"] > 4]  # noqa: E731
     assert len(tail(full)) == 4
     assert tail(resumed) == tail(full)

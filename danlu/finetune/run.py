@@ -19,6 +19,7 @@ from danlu.errors import DanluError
 from danlu.finetune.args import FinetuneArgs
 from danlu.tasks import get_task, task_options
 from danlu.tasks.base import DataSpec
+from danlu.train import checkpoint as ckpt
 from danlu.train.loop import EvalResult, train
 
 # Arguments that do not change what is trained (a resumed run may differ in them).
@@ -50,31 +51,6 @@ def build_model(task, model_path: Path, labels: list[str], args: FinetuneArgs) -
                             lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
         model = get_peft_model(model, config)
     return model
-
-
-def save_weights(model: torch.nn.Module, folder: Path) -> None:
-    """The best model so far: all of it, or with frozen weights (LoRA) only the trainable tensors (adapters
-    and heads: a few MB, where the whole of SmolLM2 is 540 MB written at every improvement)."""
-    from safetensors.torch import save_file, save_model
-
-    folder.mkdir(parents=True, exist_ok=True)
-    if all(p.requires_grad for p in model.parameters()):
-        save_model(model, str(folder / "model.safetensors"))
-        return
-    trainable = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, str(folder / "trainable.safetensors"))
-
-
-def load_best(model: torch.nn.Module, folder: Path) -> None:
-    """Put the weights `save_weights` kept in `folder` back into `model` (nothing there: leave it)."""
-    from safetensors.torch import load_file, load_model
-
-    if (folder / "model.safetensors").exists():
-        load_model(model, str(folder / "model.safetensors"))
-    elif (folder / "trainable.safetensors").exists():
-        unexpected = model.load_state_dict(load_file(str(folder / "trainable.safetensors")), strict=False).unexpected_keys
-        if unexpected:
-            raise DanluError(f"{folder}: the kept best weights do not fit the model ({', '.join(unexpected[:3])})")
 
 
 def finetune(args: FinetuneArgs) -> Path:
@@ -114,8 +90,8 @@ def finetune(args: FinetuneArgs) -> Path:
     resume_key = {k: v for k, v in stage_args.items() if k not in _NOT_RESUME_KEY}
     resume_key["data_fingerprint"] = data.fingerprint
     result = train(model, objective, lengths, args.train, run_dir, evaluate=evaluate if len(val_examples) else None,
-                   resume=args.resume, resume_key=resume_key, on_best=save_weights)
-    load_best(model, run_dir / "best")
+                   resume=args.resume, resume_key=resume_key, on_best=ckpt.save_weights)
+    ckpt.load_weights(model, run_dir / "best")  # none kept (no evaluation): the last weights stay
     model.eval()
     test = data.splits["test"]
     if test is val_examples and result.best_details:  # e.g. SQuAD: the test split is the dev set, scored at best

@@ -1,7 +1,7 @@
 """Resumable checkpoints: weights (safetensors), optimizer and schedule, RNG state, loop state.
 
-Each checkpoint is written atomically into `checkpoints/step-NNNNNNN/`; only the newest `keep` are
-kept. Optimizer and RNG states are tensors and plain numbers, loaded with `weights_only=True`.
+With frozen weights (LoRA) only the trainable tensors are written. Each checkpoint is written atomically
+into `checkpoints/step-NNNNNNN/`; only the newest `keep` are kept. Optimizer and RNG states are tensors and plain numbers, loaded with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from danlu.artifact import OWNED, atomic_dir
 from danlu.errors import DanluError
@@ -45,7 +45,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
     if rank == 0:
         with atomic_dir(folder, overwrite=True) as tmp:
             (tmp / OWNED).touch()
-            save_model(model, str(tmp / "model.safetensors"))
+            save_weights(model, tmp)
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                        tmp / "optimizer.pt")
             torch.save(rng_state(), tmp / "rng-0.pt")
@@ -54,6 +54,34 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
         for path in old:
             shutil.rmtree(path, ignore_errors=True)
     return folder
+
+
+def save_weights(model: torch.nn.Module, folder: Path) -> None:
+    """The weights training changes, into `folder`: all of them (model.safetensors), or where some are frozen
+    (LoRA) only the trainable tensors (trainable.safetensors: adapters and heads, a few MB, where the whole
+    of SmolLM2 is 540 MB written at every checkpoint and improvement)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if all(p.requires_grad for p in model.parameters()):
+        save_model(model, str(folder / "model.safetensors"))
+        return
+    trainable = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, str(folder / "trainable.safetensors"))
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> bool:
+    """Put the weights `save_weights` wrote in `folder` back into `model`; False where there are none."""
+    if (folder / "model.safetensors").exists():
+        load_model(model, str(folder / "model.safetensors"))
+        return True
+    if not (folder / "trainable.safetensors").exists():
+        return False
+    saved = load_file(str(folder / "trainable.safetensors"))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != trainable:
+        odd = sorted(set(saved) ^ trainable)
+        raise DanluError(f"{folder}: the saved weights do not fit the model ({', '.join(odd[:3])})")
+    model.load_state_dict(saved, strict=False)
+    return True
 
 
 def save_rank_rng(folder: Path, rank: int) -> None:
@@ -68,7 +96,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, rank: int) -> dict:
     """Restore weights, optimizer, schedule and this rank's RNG; return the loop state."""
-    load_model(model, str(folder / "model.safetensors"))
+    if not load_weights(model, folder):
+        raise DanluError(f"{folder} holds no weights; it is not a danlu checkpoint")
     states = torch.load(folder / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
