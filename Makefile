@@ -9,7 +9,7 @@ ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 
 # pip extras of danlu to install (pyproject.toml): `make setup EXTRAS=dev` leaves out the trackers of --report-to
 EXTRAS ?= dev,tracking
 
-.PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve bench-sft-setup bench-sft clean chromium FORCE
+.PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve bench-gguf-setup bench-gguf bench-sft-setup bench-sft clean chromium FORCE
 
 setup: $(STAMP) chromium
 
@@ -57,6 +57,17 @@ bench-serve-setup: $(STAMP)
 
 bench-serve: $(STAMP)
 	flock /tmp/danlu-bench.lock $(PY) benchmarks/serve_load.py
+
+# llama.cpp for benchmarks/gguf_llamacpp.py and tests/test_export_gguf_llamacpp.py: the xllamacpp wheel (upstream
+# llama.cpp's server linked into a Cython module, prebuilt, no dependencies), in its own small venv.
+XLLAMA_VENV ?= /work/bench-venv-xllama
+bench-gguf-setup:
+	test -x $(XLLAMA_VENV)/bin/python || $(PYTHON) -m venv $(XLLAMA_VENV)
+	$(XLLAMA_VENV)/bin/python -m pip install -q --disable-pip-version-check xllamacpp==2026.10.11549
+
+bench-gguf: $(STAMP)
+	test -x $(XLLAMA_VENV)/bin/python || $(MAKE) bench-gguf-setup
+	flock /tmp/danlu-bench.lock $(PY) benchmarks/gguf_llamacpp.py --llama-python $(XLLAMA_VENV)/bin/python
 
 # TRL's SFTTrainer for benchmarks/sft_vs_trl.py, in its own venv (its transformers/peft pins are not ours);
 # danlu is installed there too (editable), since the worker reads the data and scores with danlu's code.
