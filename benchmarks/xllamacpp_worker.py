@@ -3,6 +3,7 @@ GGUF file in upstream llama.cpp's server (the `xllamacpp` wheel links it into a 
 answers one JSON request read from stdin with one JSON object on stdout.
 
 Request: {"gguf": PATH, "threads": 2, "n_ctx": 512,
+          "float32_attention": false,                          # true: f32 KV cache, no flash attention
           "greedy": [[token ids], ...], "new_tokens": 32,      # argmax continuations of each prompt
           "top_logprobs": 0,                                   # > 0: log-probabilities of each greedy position
           "tokenize": [{"text": TEXT, "special": false}, ...]}  # llama.cpp's own token ids of each TEXT
@@ -32,8 +33,11 @@ import time
 import urllib.request
 
 
-def load(gguf: str, threads: int, n_ctx: int):
-    """llama.cpp's server on `gguf`, one slot, greedy sampling by default."""
+def load(gguf: str, threads: int, n_ctx: int, float32_attention: bool):
+    """llama.cpp's server on `gguf`, one slot, greedy sampling by default. llama.cpp keeps the KV cache in f16 and
+    its CPU flash attention rounds the queries to f16 (log-probabilities 2e-4 to 4e-3 off float32 on a tiny
+    Llama); `float32_attention` keeps keys and values in f32 and turns flash attention off, so that a float32
+    file gives float32 logits (5e-6 off)."""
     import xllamacpp
 
     params = xllamacpp.CommonParams()
@@ -44,6 +48,9 @@ def load(gguf: str, threads: int, n_ctx: int):
     params.cpuparams_batch.n_threads = threads
     params.sampling.temp = 0.0
     params.sampling.top_k = 1
+    if float32_attention:
+        params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+        params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
     return xllamacpp.Server(params)
 
 
@@ -90,7 +97,8 @@ def main() -> None:
     answer_fd = os.dup(1)
     os.dup2(2, 1)
     started = time.perf_counter()
-    server = load(request["gguf"], request.get("threads", 2), request.get("n_ctx", 512))
+    server = load(request["gguf"], request.get("threads", 2), request.get("n_ctx", 512),
+                  request.get("float32_attention", False))
     answer: dict = {"load_s": time.perf_counter() - started, "version": xllamacpp.__version__}
     top = request.get("top_logprobs", 0)
     decoded = [greedy(server, ids, request.get("new_tokens", 32), top) for ids in request.get("greedy", [])]

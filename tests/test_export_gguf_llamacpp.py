@@ -1,10 +1,13 @@
-"""danlu's GGUF export loaded by llama.cpp itself (llama-cpp-python in the benchmark venv, as a subprocess).
+"""danlu's GGUF export loaded by upstream llama.cpp itself: the prebuilt `xllamacpp` wheel in its own venv
+(`make bench-gguf-setup`), driven as a subprocess through benchmarks/xllamacpp_worker.py.
 
-Skipped where that venv was not built (`make bench-serve-setup`); CI does not build it. The full comparison on
-SmolLM2 is benchmarks/gguf_llamacpp.py."""
+Skipped where that venv was not made; CI does not make it. xllamacpp exposes llama.cpp's server, not its logits
+over a prompt, so where the llama-cpp-python version of this test compared the prompt's next-token NLL, this one
+compares the greedy continuation: its tokens, and the server's log-probability of each of them (log-softmax of
+llama.cpp's logits over the whole vocabulary) against transformers' log-softmax at the same position. The full
+comparison on SmolLM2 is benchmarks/gguf_llamacpp.py."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -14,18 +17,35 @@ import torch
 from danlu.export.gguf import GGUF_NAME, export_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
-LLAMA_PYTHON = Path(os.environ.get("DANLU_LLAMA_VENV", "/work/bench-venv-llama")) / "bin" / "python"
-WORKER = ROOT / "benchmarks" / "llamacpp_worker.py"
+LLAMA_PYTHON = Path("/work/bench-venv-xllama/bin/python")
+WORKER = ROOT / "benchmarks" / "xllamacpp_worker.py"
+NEW_TOKENS = 16
 
 
-
-def has_llama_cpp() -> bool:
-    """The benchmark venv exists and its llama-cpp-python build finished."""
-    return LLAMA_PYTHON.exists() and subprocess.run([str(LLAMA_PYTHON), "-c", "import llama_cpp"],
+def has_xllamacpp() -> bool:
+    """The xllamacpp venv exists and imports the module."""
+    return LLAMA_PYTHON.exists() and subprocess.run([str(LLAMA_PYTHON), "-c", "import xllamacpp"],
                                                     capture_output=True).returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not has_llama_cpp(), reason=f"no llama-cpp-python in {LLAMA_PYTHON}")
+pytestmark = pytest.mark.skipif(not has_xllamacpp(),
+                                reason=f"no xllamacpp in {LLAMA_PYTHON}: run `make bench-gguf-setup`")
+
+
+@pytest.fixture(scope="module")
+def sharp_llama(tiny_llama, tmp_path_factory) -> Path:
+    """The tiny Llama with weights 15x larger (std 0.3): the default std 0.02 leaves attention uniform and the
+    next-token distribution flat (log-probabilities within 1e-3 of -log(vocab)), so a wrong rotary layout or
+    attention would go unseen; these attend sharply and prefer a few tokens clearly."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("sharp-llama")
+    config = AutoConfig.from_pretrained(str(tiny_llama))
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(tiny_llama)).save_pretrained(folder)
+    return folder
 
 
 def llama_cpp(request: dict) -> dict:
@@ -35,22 +55,41 @@ def llama_cpp(request: dict) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("quantize, tolerance", [("f32", 1e-3), ("f16", 2e-2)])
-def test_llama_cpp_scores_the_export_as_transformers_does(tiny_llama, tmp_path, quantize, tolerance):
+@torch.inference_mode()
+def transformers_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
+    """`new_tokens` argmax tokens after `prompt`, recomputed from scratch each step (EOS does not stop it)."""
+    ids = list(prompt)
+    for _ in range(new_tokens):
+        ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+# f32 with float32 attention (llama.cpp's default f16 KV cache and flash attention are 4e-3 off on these weights);
+# f16 as llama.cpp runs it by default
+@pytest.mark.parametrize("quantize, float32_attention, tolerance", [("f32", True, 1e-3), ("f16", False, 2e-2)])
+def test_llama_cpp_decodes_the_export_as_transformers_does(sharp_llama, tmp_path, quantize, float32_attention,
+                                                           tolerance):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    export_gguf(str(tiny_llama), str(tmp_path / quantize), quantize, check=False)
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
+    export_gguf(str(sharp_llama), str(tmp_path / quantize), quantize, check=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(sharp_llama))
     text = "<|im_start|>user\nThe capital of France is Paris, 12 robots said.<|im_end|>\n"
     ids = tokenizer(text, add_special_tokens=False).input_ids
     answer = llama_cpp({"gguf": str(tmp_path / quantize / GGUF_NAME), "threads": 1, "n_ctx": 128,
-                        "windows": [{"ids": ids, "score_from": 0}], "tokenize": [{"text": text, "special": True}]})
+                        "float32_attention": float32_attention,
+                        "greedy": [ids], "new_tokens": NEW_TOKENS, "top_logprobs": 2,
+                        "tokenize": [{"text": text, "special": True}]})
     assert answer["tokens"] == [ids]  # llama.cpp reads danlu's tokenizer metadata as transformers does
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
-    with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
-    expected = float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
-    nll = answer["nll"][0]
-    assert nll["count"] == len(ids) - 1
-    # per-token mean NLL of llama.cpp's forward against transformers' (rotary permutation, norms, GQA all right)
-    assert abs(nll["sum"] - expected) / nll["count"] < tolerance
+    generated = answer["greedy"][0]
+    assert len(generated) == NEW_TOKENS
+    model = AutoModelForCausalLM.from_pretrained(str(sharp_llama), dtype=torch.float32).eval()
+    with torch.inference_mode():  # transformers' log-softmax at each of llama.cpp's greedy positions
+        logits = model(input_ids=torch.tensor([ids + generated])).logits[0, len(ids) - 1:-1].double()
+    expected = torch.log_softmax(logits, dim=-1)
+    reported = torch.tensor([p["logprob"] for p in answer["logprobs"][0]], dtype=torch.float64)
+    # the forward pass is right (rotary permutation, norms, GQA): same log-probability of every chosen token ...
+    torch.testing.assert_close(reported, expected[torch.arange(NEW_TOKENS), generated], atol=tolerance, rtol=0)
+    # ... and each chosen token is transformers' argmax, up to the tolerance (a random tiny model has near-ties)
+    assert (expected.max(dim=-1).values - expected[torch.arange(NEW_TOKENS), generated]).max() <= tolerance
+    if quantize == "f32":  # the same weights: the same greedy tokens
+        assert generated == transformers_greedy(model, ids, NEW_TOKENS)
