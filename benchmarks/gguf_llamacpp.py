@@ -4,9 +4,13 @@ SmolLM2-135M-Instruct (packaged `smollm2-135m`, float32 safetensors) is exported
 (`danlu export smollm2-135m --format gguf --quantize f16|q8_0|q4_0`); the packaged Q4_1 GGUF it was converted from
 is added as the reference file llama.cpp itself ships. Each GGUF is loaded
 
-- by llama-cpp-python, in the benchmark venv (`benchmarks/llamacpp_worker.py`, a subprocess: llama_cpp is never
-  imported in danlu's venv), which decodes 32 argmax tokens after each of 10 fixed prompts, and
-- by llama.cpp's own `llama-simple` tool (greedy sampler; it stops at an end-of-generation token),
+- by upstream llama.cpp, in its own venv, as a subprocess (llama.cpp is never imported in danlu's venv): by
+  default the prebuilt `xllamacpp` wheel (`make bench-gguf-setup`, /work/bench-venv-xllama;
+  `benchmarks/xllamacpp_worker.py`), or llama-cpp-python (`--llama-python /work/bench-venv-llama/bin/python`,
+  `make bench-serve-setup`; `benchmarks/llamacpp_worker.py`), which decodes 32 argmax tokens after each of 10
+  fixed prompts and tokenizes the prompts with llama.cpp's own tokenizer, and
+- where `make bench-serve-setup` built it, by llama.cpp's `llama-simple` tool (greedy sampler; it stops at an
+  end-of-generation token); skipped otherwise,
 
 and the continuations are compared with transformers' greedy decoding (argmax, KV cache, 32 tokens) of the same
 weights: the GGUF loaded back by transformers (`gguf_file=`, de-quantised), the float32 source, and for Q4_1
@@ -14,8 +18,8 @@ danlu's `--quantize int4` (the same 4-bit weights, the same int8 rounding of act
 Q4_1 x Q8_1 products). Per pair: prompts decoded identically, mean common-prefix length / 32, positional token
 agreement, first divergence per prompt. The prompts' token ids are also checked against llama.cpp's tokenizer.
 
-    make bench-serve-setup    # once: llama-cpp-python, llama-server, llama-perplexity, llama-simple
-    .venv/bin/python benchmarks/gguf_llamacpp.py [--new-tokens 32] [--formats f16 q8_0 q4_0 q4_1]
+    make bench-gguf-setup     # once: xllamacpp in /work/bench-venv-xllama
+    .venv/bin/python benchmarks/gguf_llamacpp.py [--new-tokens 32] [--formats f16 q8_0 q4_0 q4_1] [--prompts 10]
 
 Writes benchmarks/results/gguf_llamacpp.json (CPU model, load average).
 """
@@ -38,7 +42,9 @@ from serve_load import LLAMA_BIN, LLAMA_VENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gguf_llamacpp.json"
-WORKER = Path(__file__).resolve().parent / "llamacpp_worker.py"
+WORKER = Path(__file__).resolve().parent / "llamacpp_worker.py"  # llama-cpp-python (also gguf_perplexity.py)
+XLLAMA_WORKER = Path(__file__).resolve().parent / "xllamacpp_worker.py"
+XLLAMA_PYTHON = Path("/work/bench-venv-xllama/bin/python")  # make bench-gguf-setup
 EXPORTS = Path(os.environ.get("DANLU_GGUF_DIR", ROOT / "runs" / "gguf-llamacpp"))
 MODEL = "smollm2-135m"
 DANLU_FORMATS = ("f16", "q8_0", "q4_0")
@@ -84,14 +90,34 @@ def export_parity(fmt: str) -> dict:
     return {**manifest.get("gguf", {}), "parity": manifest.get("metrics", {}).get("parity")}
 
 
-def llama_worker(request: dict) -> dict:
-    """One request to llama-cpp-python in the benchmark venv; raises with its stderr if it failed."""
-    python = LLAMA_VENV / "bin" / "python"
-    done = subprocess.run(["nice", "-n", "19", str(python), str(WORKER)], input=json.dumps(request),
+def llama_backend(python: Path) -> tuple[str, Path]:
+    """Which llama.cpp binding `python` has ("xllamacpp" first, then "llama-cpp-python") and its worker."""
+    bindings = (("xllamacpp", "xllamacpp", XLLAMA_WORKER), ("llama_cpp", "llama-cpp-python", WORKER))
+    for module, backend, worker in bindings:
+        if python.exists() and subprocess.run([str(python), "-c", f"import {module}"],
+                                              capture_output=True).returncode == 0:
+            return backend, worker
+    sys.exit(f"neither xllamacpp nor llama-cpp-python in {python}; run make bench-gguf-setup first")
+
+
+def llama_worker(request: dict, python: Path = LLAMA_VENV / "bin" / "python", worker: Path = WORKER) -> dict:
+    """One request to a llama.cpp worker in its own venv; raises with its stderr if it failed."""
+    done = subprocess.run(["nice", "-n", "19", str(python), str(worker)], input=json.dumps(request),
                           capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"llamacpp_worker exit {done.returncode}: {done.stderr[-2000:]}")
+        raise RuntimeError(f"{worker.name} exit {done.returncode}: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
+
+
+def llama_simple_rows(gguf: Path, texts: list[str], greedy: list[list[int]], tokenizer, new_tokens: int) -> dict:
+    """`llama-simple`'s continuations against the worker's greedy tokens cut at the first end token."""
+    simple = [llama_simple(gguf, t, new_tokens) for t in texts]
+    eos = {tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]))}
+    cut = [tokenizer.decode(g[:next((i for i, t in enumerate(g) if t in eos), len(g))]) for g in greedy]
+    return {"loads": all(s["rc"] == 0 for s in simple), "same_text_as_worker": sum(
+            s["continuation"] == c for s, c in zip(simple, cut)), "prompts": len(texts),
+            "errors": [s["stderr_tail"] for s in simple if s["rc"]],
+            "continuations": [s["continuation"] for s in simple]}
 
 
 def llama_simple(gguf: Path, prompt: str, new_tokens: int) -> dict:
@@ -142,38 +168,39 @@ def references(fmt: str, gguf: Path, prompts: list[list[int]], new_tokens: int) 
     return {name: [hf_greedy(m, p, new_tokens) for p in prompts] for name, m in models.items()}
 
 
-def measure_format(fmt: str, texts: list[str], prompts: list[list[int]], new_tokens: int, threads: int) -> dict:
-    """Load `fmt`'s GGUF in llama-cpp-python and llama-simple; compare greedy tokens and texts."""
+def measure_format(fmt: str, texts: list[str], prompts: list[list[int]], new_tokens: int, threads: int,
+                   llama_python: Path) -> dict:
+    """Load `fmt`'s GGUF in llama.cpp (and llama-simple where built); compare greedy tokens and tokenization."""
     from transformers import AutoTokenizer
 
     from danlu.assets import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL))
     gguf = gguf_file(fmt)
-    row: dict = {"gguf": str(gguf), "export": export_parity(fmt)}
+    backend, worker = llama_backend(llama_python)
+    row: dict = {"gguf": str(gguf), "export": export_parity(fmt), "llama_cpp": {"backend": backend}}
     try:
         answer = llama_worker({"gguf": str(gguf), "threads": threads, "greedy": prompts, "new_tokens": new_tokens,
-                               "tokenize": [{"text": t, "special": True} for t in texts]})
+                               "tokenize": [{"text": t, "special": True} for t in texts]}, llama_python, worker)
     except RuntimeError as error:
-        return {**row, "llama_cpp_python_loads": False, "error": str(error)}
-    row.update(llama_cpp_python_loads=True, llama_cpp_python=answer["version"], load_s=answer["load_s"],
-               same_prompt_tokens=[t == p for t, p in zip(answer["tokens"], prompts)])
+        return {**row, "llama_cpp_loads": False, "error": str(error)}
+    same_tokens = [t == p for t, p in zip(answer["tokens"], prompts)]
+    row["llama_cpp"]["version"] = answer["version"]
+    row.update(llama_cpp_loads=True, load_s=answer["load_s"], tokenization_equal=sum(same_tokens),
+               same_prompt_tokens=same_tokens, eos_restarts=answer.get("eos_restarts"))
     refs = references(fmt, gguf, prompts, new_tokens)
     row["greedy_vs"] = {name: agreement(answer["greedy"], tokens) for name, tokens in refs.items()}
-    simple = [llama_simple(gguf, t, new_tokens) for t in texts]
-    llama_texts = [tokenizer.decode(g, skip_special_tokens=False) for g in answer["greedy"]]
-    eos = {tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]))}
-    cut = [tokenizer.decode(g[:next((i for i, t in enumerate(g) if t in eos), len(g))]) for g in answer["greedy"]]
-    row["llama_simple"] = {
-        "loads": all(s["rc"] == 0 for s in simple),
-        "same_text_as_llama_cpp_python": sum(s["continuation"] == c for s, c in zip(simple, cut)),
-        "prompts": len(texts), "errors": [s["stderr_tail"] for s in simple if s["rc"]]}
-    row["samples"] = [{"prompt": t, "llama_cpp_python": lt, "llama_simple": s["continuation"],
-                       "transformers_fp32": tokenizer.decode(r, skip_special_tokens=False)}
-                      for t, lt, s, r in zip(texts[:3] + texts[-1:], llama_texts[:3] + llama_texts[-1:],
-                                             simple[:3] + simple[-1:],
-                                             (refs["transformers fp32 source"][:3]
-                                              + refs["transformers fp32 source"][-1:]))]
+    simple = LLAMA_BIN / "llama-simple"
+    row["llama_simple"] = (llama_simple_rows(gguf, texts, answer["greedy"], tokenizer, new_tokens)
+                           if simple.exists() else f"not run: no {simple} (make bench-serve-setup builds it)")
+    shown = sorted({0, 1, 2, len(texts) - 1} & set(range(len(texts))))
+    row["samples"] = [{"prompt": texts[i],
+                       "llama_cpp": tokenizer.decode(answer["greedy"][i], skip_special_tokens=False),
+                       "transformers_fp32": tokenizer.decode(refs["transformers fp32 source"][i],
+                                                             skip_special_tokens=False)} for i in shown]
+    if isinstance(row["llama_simple"], dict):
+        for i, sample in zip(shown, row["samples"]):
+            sample["llama_simple"] = row["llama_simple"]["continuations"][i]
     return row
 
 
@@ -182,28 +209,33 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=[*DANLU_FORMATS, PACKAGED],
                         choices=[*DANLU_FORMATS, PACKAGED])
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=len(PLAIN_PROMPTS) + len(CHAT_PROMPTS),
+                        help="decode only the first N prompts (a short check; the last prompts are the chat ones)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--llama-python", type=Path,
+                        default=XLLAMA_PYTHON if XLLAMA_PYTHON.exists() else LLAMA_VENV / "bin" / "python",
+                        help="python of the venv with xllamacpp (make bench-gguf-setup) or llama-cpp-python")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    if not (LLAMA_VENV / "bin" / "python").exists() or not (LLAMA_BIN / "llama-simple").exists():
-        sys.exit(f"no llama.cpp build in {LLAMA_VENV}; run make bench-serve-setup first")
+    llama_backend(args.llama_python)  # exits with what to run where neither binding is installed
     from transformers import AutoTokenizer
 
     from danlu.assets import resolve_model
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL))
-    texts = prompt_texts(tokenizer)
+    texts = prompt_texts(tokenizer)[:args.prompts]
     prompts = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     result = {"model": MODEL, "new_tokens": args.new_tokens, "threads": args.threads, "cpu_model": cpu_model(),
               "load_avg_before": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "prompts": texts, "formats": {}}
     for fmt in args.formats:
         started = time.perf_counter()
-        result["formats"][fmt] = row = measure_format(fmt, texts, prompts, args.new_tokens, args.threads)
+        result["formats"][fmt] = row = measure_format(fmt, texts, prompts, args.new_tokens, args.threads,
+                                                      args.llama_python)
         row["seconds"] = time.perf_counter() - started
-        print(fmt, json.dumps({k: row.get(k) for k in ("llama_cpp_python_loads", "greedy_vs", "llama_simple")}),
-              flush=True)
+        print(fmt, json.dumps({k: row.get(k) for k in ("llama_cpp", "llama_cpp_loads", "tokenization_equal",
+                                                        "greedy_vs", "error")}), flush=True)
     result["load_avg_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
