@@ -6,7 +6,9 @@ stratified with each seed), with the same fine-tuning budget (optimizer steps, b
      --objective mlm) fine-tuned;
   2. `random-init`: the same architecture and tokenizer from random weights, fine-tuned alike;
   3. `tfidf-lr`: character 1-2-gram TF-IDF + logistic regression (scikit-learn; C picked on validation);
-  4. `minilm-l6`: the packaged English MiniLM fine-tuned (its unknown-token rate on this data is reported).
+  4. `minilm-l6`: the packaged English MiniLM fine-tuned (its unknown-token rate on this data is reported);
+  5. optionally `domain-adapted`: the pretrained BERT's masked-LM training continued (--adapt-steps) on the
+     seed's train-split review texts only (no labels), then fine-tuned alike.
 Each is run with every seed (MiniLM with --minilm-seeds and --minilm-steps: one of its steps costs ~25 of the
 small BERT's); test accuracy and macro-F1 (mean, std), training seconds, the pretraining curve and the load on
 the machine go to benchmarks/results/chinese_pretraining_pays.json, written by this script after every run
@@ -93,6 +95,29 @@ def random_init_model(pretrained: Path, out: Path, seed: int) -> Path:
         model = BertForMaskedLM(AutoConfig.from_pretrained(str(pretrained)))
         model.save_pretrained(str(out))
         AutoTokenizer.from_pretrained(str(pretrained)).save_pretrained(str(out))
+    return out
+
+
+def domain_adapted(bert: Path, work: Path, seed: int, args) -> Path:
+    """The pretrained BERT with its masked-LM training continued on the seed's train-split review texts (no
+    labels, nothing from validation or test): does pretraining pay once it has seen text like the task's?"""
+    from danlu.data.classification import load_classification
+
+    out = work / f"adapted-{seed}-a{args.adapt_steps}"
+    if (out / "danlu.json").exists():
+        return out
+    texts = work / f"reviews-train-{seed}.jsonl"
+    texts.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
+                             for t in load_classification(DATA, seed=seed).splits["train"].texts), encoding="utf-8")
+    corpus = work / f"reviews-corpus-{seed}"
+    if not (corpus / "stats.json").exists():
+        danlu("prepare", str(texts), "--out", str(corpus), "--tokenizer", str(bert), "--min-length", "1",
+              "--dedup", "exact", "--seq-len", str(args.seq_len), log=work / f"reviews-prepare-{seed}.log")
+    danlu("pretrain", "--data", str(corpus), "--out", str(out), "--objective", "mlm", "--init", str(bert),
+          "--seq-len", str(args.seq_len), "--batch-size", str(args.pretrain_batch_size), "--max-steps",
+          str(args.adapt_steps), "--lr", str(args.pretrain_lr / 2), "--warmup-steps", str(max(1, args.adapt_steps // 20)),
+          "--eval-every", str(max(1, args.adapt_steps // 2)), "--eval-sequences", "128",
+          log=work / f"adapt-{seed}.log")
     return out
 
 
@@ -228,7 +253,10 @@ def main() -> None:
     parser.add_argument("--bert-lr", type=float, default=5e-4, help="fine-tuning lr of the small BERT (both inits)")
     parser.add_argument("--minilm-lr", type=float, default=1e-4)
     parser.add_argument("--bf16", action="store_true", help="fine-tune with bf16 autocast where it is native")
-    parser.add_argument("--systems", nargs="+", default=["pretrained", "random-init", "tfidf-lr", "minilm-l6"])
+    parser.add_argument("--systems", nargs="+", default=["pretrained", "random-init", "tfidf-lr", "minilm-l6"],
+                        help="also: domain-adapted (the pretrained BERT's MLM continued on the seed's own "
+                             "train-split review texts, --adapt-steps, then fine-tuned alike)")
+    parser.add_argument("--adapt-steps", type=int, default=600, help="domain-adapted: MLM steps on the reviews")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     work = args.work
@@ -275,6 +303,10 @@ def main() -> None:
                 result = tfidf_lr(seed)
             elif name == "pretrained":
                 result = finetune(str(bert), work / f"ft-pretrained-{seed}-{budget}", seed, args, args.bert_lr, args.steps)
+            elif name == "domain-adapted":
+                adapted = domain_adapted(bert, work, seed, args)
+                result = finetune(str(adapted), work / f"ft-adapted-{seed}-{budget}-a{args.adapt_steps}", seed, args,
+                                  args.bert_lr, args.steps)
             elif name == "random-init":
                 init = random_init_model(bert, work / f"random-init-{seed}", seed)
                 result = finetune(str(init), work / f"ft-random-init-{seed}-{budget}", seed, args, args.bert_lr, args.steps)
