@@ -239,18 +239,18 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--size", default="tiny", help="danlu pretrain --size")
     parser.add_argument("--model-config", default="", help="danlu pretrain --config (JSON overrides of --size)")
-    parser.add_argument("--pretrain-steps", type=int, default=600)
+    parser.add_argument("--pretrain-steps", type=int, default=4000)
     parser.add_argument("--pretrain-batch-size", type=int, default=32)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=200, help="fine-tuning budget (optimizer steps), the same for "
+    parser.add_argument("--steps", type=int, default=800, help="fine-tuning budget (optimizer steps), the same for "
                                                                    "the small BERTs")
     parser.add_argument("--minilm-steps", type=int, default=60, help="MiniLM's fine-tuning steps (~25x the "
                                                                        "compute of the small BERT per step)")
     parser.add_argument("--minilm-seeds", type=int, nargs="+", default=None, help="default: --seeds")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--bert-lr", type=float, default=5e-4, help="fine-tuning lr of the small BERT (both inits)")
+    parser.add_argument("--bert-lr", type=float, default=3e-4, help="fine-tuning lr of the small BERT (both inits)")
     parser.add_argument("--minilm-lr", type=float, default=1e-4)
     parser.add_argument("--bf16", action="store_true", help="fine-tune with bf16 autocast where it is native")
     parser.add_argument("--systems", nargs="+", default=["pretrained", "random-init", "tfidf-lr", "minilm-l6"],
