@@ -26,6 +26,8 @@ from finetune_vs_hf import cpu_model  # benchmarks/ is on sys.path when run as a
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# name: (worker, TRL's gradient_checkpointing: None keeps SFTConfig's default)
+SYSTEMS = {"danlu": ("danlu", None), "trl": ("trl", None), "trl-no-ckpt": ("trl", False)}
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
@@ -93,7 +95,10 @@ def run_trl(cfg: dict) -> dict:
                        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, max_length=cfg["max_length"],
                        completion_only_loss=True, packing=False, report_to=[], save_strategy="steps", save_steps=cfg["steps"],
                        logging_steps=1000,
-                       seed=0, use_cpu=True, dataloader_num_workers=0, bf16=False)
+                       seed=0, use_cpu=True, dataloader_num_workers=0, bf16=False,
+                       # TRL's default is True (memory over speed); `trl-no-ckpt` turns it off, as danlu runs
+                       **({} if cfg.get("trl_checkpointing") is None else
+                          {"gradient_checkpointing": cfg["trl_checkpointing"]}))
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
     tokens = sum(min(len(ids), cfg["max_length"]) for ids in trainer.train_dataset["input_ids"])
@@ -116,6 +121,8 @@ def main() -> None:
     p.add_argument("--trl-python", default="/work/bench-venv-trl/bin/python")
     p.add_argument("--work", default="/tmp/danlu-sft-vs-trl")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sft_vs_trl.json"))
+    p.add_argument("--systems", nargs="+", default=["danlu", "trl"], choices=list(SYSTEMS),
+                   help="trl: SFTConfig's defaults (gradient checkpointing on); trl-no-ckpt: without it")
     p.add_argument("--_worker", choices=["danlu", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--_config", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -125,11 +132,14 @@ def main() -> None:
         return
     cfg = {"steps": a.steps, "batch": a.batch, "max_length": a.max_length, "lr": a.lr, "val": a.val,
            "threads": a.threads, "work": a.work}
-    runs: dict[str, list[dict]] = {"danlu": [], "trl": []}
+    runs: dict[str, list[dict]] = {name: [] for name in a.systems}
     for r in range(a.rounds):
-        for name, python in (("danlu", sys.executable), ("trl", a.trl_python)):  # interleaved
+        for name in a.systems:  # interleaved
+            worker, checkpointing = SYSTEMS[name]
+            python = sys.executable if worker == "danlu" else a.trl_python
             env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(a.threads)}
-            proc = subprocess.run([python, __file__, "--_worker", name, "--_config", json.dumps(cfg)],
+            proc = subprocess.run([python, __file__, "--_worker", worker, "--_config",
+                                   json.dumps({**cfg, "trl_checkpointing": checkpointing})],
                                   capture_output=True, text=True, env=env)
             lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
             if proc.returncode or not lines:
@@ -137,22 +147,23 @@ def main() -> None:
             runs[name].append(json.loads(lines[-1][7:]))
             print(f"round {r + 1} {name}: {runs[name][-1]}", flush=True)
     best = {name: max(rs, key=lambda x: x["tokens_per_second"]) for name, rs in runs.items()}
+    peers = [n for n in a.systems if n != "danlu"]
     result = {
         "config": {**cfg, "lora": LORA, "model": "smollm2-135m", "data": "alpaca-en (train split head)"},
         "runs": runs,
-        "danlu_tokens_per_second": best["danlu"]["tokens_per_second"],
-        "trl_tokens_per_second": best["trl"]["tokens_per_second"],
-        "throughput_ratio": best["danlu"]["tokens_per_second"] / best["trl"]["tokens_per_second"],
-        "danlu_validation_loss": best["danlu"]["validation_loss"],
-        "trl_validation_loss": best["trl"]["validation_loss"],
+        "tokens_per_second": {n: b["tokens_per_second"] for n, b in best.items()},
+        "validation_loss": {n: b["validation_loss"] for n, b in best.items()},
+        "throughput_ratio_danlu_over": {n: best["danlu"]["tokens_per_second"] / best[n]["tokens_per_second"]
+                                        for n in peers},
         "cpu": cpu_model(), "loadavg": os.getloadavg(),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"danlu {result['danlu_tokens_per_second']:.0f} tok/s vs TRL {result['trl_tokens_per_second']:.0f} tok/s: "
-          f"{result['throughput_ratio']:.2f}x; validation loss {result['danlu_validation_loss']:.4f} vs "
-          f"{result['trl_validation_loss']:.4f}")
+    for n in peers:
+        print(f"danlu {best['danlu']['tokens_per_second']:.0f} tok/s vs {n} {best[n]['tokens_per_second']:.0f} tok/s: "
+              f"{result['throughput_ratio_danlu_over'][n]:.2f}x; validation loss "
+              f"{best['danlu']['validation_loss']:.4f} vs {best[n]['validation_loss']:.4f}")
 
 
 if __name__ == "__main__":
