@@ -37,6 +37,8 @@ class EvaluateArgs:
     label_words: str = arg("", "with --shots: a word per label, e.g. fresh=good,rotten=bad (default: the label names)")
     max_new_tokens: int = arg(64, "sft/causal-lm: at most this many greedy tokens per answer, for ROUGE (0: loss only)")
     samples: int = arg(0, "sft/causal-lm: write this many prompt/reference/generation triples to the report")
+    max_length: int = arg(0, "tokens per example (0: the artifact's own, 128 for a plain model); give a base "
+                             "model the fine-tuned one's to score both on the same tokens")
 
 
 @dataclass
@@ -77,6 +79,8 @@ def evaluate(args: EvaluateArgs) -> dict:
 
     if args.split not in SPLITS:
         raise DanluError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+    if args.max_length < 0:
+        raise DanluError(f"--max-length must be >= 0, got {args.max_length}")
     if args.shots:
         return _evaluate_fewshot(args)
     loaded = load(args.artifact)
@@ -86,7 +90,7 @@ def evaluate(args: EvaluateArgs) -> dict:
     examples = data.splits[args.split]
     if not len(examples):
         raise DanluError(f"{args.data}: the {args.split} split is empty")
-    scores = task.score(loaded.model, loaded.tokenizer, examples, loaded.labels, loaded.max_length,
+    scores = task.score(loaded.model, loaded.tokenizer, examples, loaded.labels, args.max_length or loaded.max_length,
                         progress="" if args.json else f"evaluating {args.split}", **task_options(task, recorded),
                         **{name: getattr(args, name) for name in getattr(task, "EVALUATE_OPTIONS", ())})
     metrics = {"artifact": str(loaded.path), "task": task.NAME, "data": args.data, "split": args.split,

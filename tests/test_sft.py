@@ -170,3 +170,23 @@ def test_finetune_bad_input_is_one_line_exit_2_nothing_written(tiny_llama, tmp_p
     result = _danlu("finetune", "--task", "sft", "--model", bare, "--data", good, "--out", tmp_path / "b")
     assert result.returncode == 2 and "no chat template; give one with --chat-template FILE" in result.stderr
     assert not any(p.name.startswith(("a", "b")) for p in tmp_path.iterdir() if p.is_dir() and p.name != "bare")
+
+
+def test_evaluate_max_length_scores_a_base_model_on_the_fine_tuned_window(tiny_llama, tmp_path):
+    """A plain decoder is scored with 128 tokens per example unless told: `--max-length` gives it the window
+    of the fine-tuned artifact it is compared with, so both count the same assistant tokens."""
+    import json
+
+    from danlu.cli import main
+
+    data = tmp_path / "chat.jsonl"
+    long_answer = {"role": "assistant", "content": " ".join(["a long answer"] * 60)}
+    data.write_text("".join(json.dumps({"messages": [CHAT[0], CHAT[1], long_answer]}) + "\n" for _ in range(10)))
+    tokens = {}
+    for n in (0, 256):
+        out = tmp_path / f"eval-{n}.json"
+        assert main(["evaluate", str(tiny_llama), "--data", str(data), "--split", "test", "--max-new-tokens", "0",
+                     "--max-length", str(n), "--output", str(out)]) == 0
+        tokens[n] = json.loads(out.read_text())["tokens"]
+    assert tokens[0] < 128 < tokens[256]
+    assert main(["evaluate", str(tiny_llama), "--data", str(data), "--max-length", "-1"]) == 2
