@@ -26,8 +26,9 @@ from finetune_vs_hf import cpu_model  # benchmarks/ is on sys.path when run as a
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# name: (worker, TRL's gradient_checkpointing: None keeps SFTConfig's default)
-SYSTEMS = {"danlu": ("danlu", None), "trl": ("trl", None), "trl-no-ckpt": ("trl", False)}
+# name: (worker, SFTConfig fields that differ from TRL's defaults)
+SYSTEMS = {"danlu": ("danlu", {}), "trl": ("trl", {}), "trl-no-ckpt": ("trl", {"gradient_checkpointing": False}),
+           "trl-grouped": ("trl", {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"})}
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
@@ -95,10 +96,7 @@ def run_trl(cfg: dict) -> dict:
                        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, max_length=cfg["max_length"],
                        completion_only_loss=True, packing=False, report_to=[], save_strategy="steps", save_steps=cfg["steps"],
                        logging_steps=1000,
-                       seed=0, use_cpu=True, dataloader_num_workers=0, bf16=False,
-                       # TRL's default is True (memory over speed); `trl-no-ckpt` turns it off, as danlu runs
-                       **({} if cfg.get("trl_checkpointing") is None else
-                          {"gradient_checkpointing": cfg["trl_checkpointing"]}))
+                       seed=0, use_cpu=True, dataloader_num_workers=0, bf16=False, **cfg.get("trl_overrides", {}))
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
     tokens = sum(min(len(ids), cfg["max_length"]) for ids in trainer.train_dataset["input_ids"])
@@ -122,7 +120,8 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/danlu-sft-vs-trl")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sft_vs_trl.json"))
     p.add_argument("--systems", nargs="+", default=["danlu", "trl"], choices=list(SYSTEMS),
-                   help="trl: SFTConfig's defaults (gradient checkpointing on); trl-no-ckpt: without it")
+                   help="trl: SFTConfig's defaults (gradient checkpointing on, random order); trl-no-ckpt: without "
+                        "gradient checkpointing; trl-grouped: without it and with group_by_length batches")
     p.add_argument("--_worker", choices=["danlu", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--_config", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -135,11 +134,11 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in a.systems}
     for r in range(a.rounds):
         for name in a.systems:  # interleaved
-            worker, checkpointing = SYSTEMS[name]
+            worker, overrides = SYSTEMS[name]
             python = sys.executable if worker == "danlu" else a.trl_python
             env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(a.threads)}
             proc = subprocess.run([python, __file__, "--_worker", worker, "--_config",
-                                   json.dumps({**cfg, "trl_checkpointing": checkpointing})],
+                                   json.dumps({**cfg, "trl_overrides": overrides})],
                                   capture_output=True, text=True, env=env)
             lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
             if proc.returncode or not lines:
