@@ -102,7 +102,7 @@ def llama_backend(python: Path) -> tuple[str, Path]:
 
 def llama_worker(request: dict, python: Path = LLAMA_VENV / "bin" / "python", worker: Path = WORKER) -> dict:
     """One request to a llama.cpp worker in its own venv; raises with its stderr if it failed."""
-    done = subprocess.run(["nice", "-n", "19", str(python), str(worker)], input=json.dumps(request),
+    done = subprocess.run([str(python), str(worker)], input=json.dumps(request),
                           capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{worker.name} exit {done.returncode}: {done.stderr[-2000:]}")
@@ -122,7 +122,7 @@ def llama_simple_rows(gguf: Path, texts: list[str], greedy: list[list[int]], tok
 
 def llama_simple(gguf: Path, prompt: str, new_tokens: int) -> dict:
     """llama.cpp's `llama-simple` (greedy): the continuation text it prints after the prompt."""
-    done = subprocess.run(["nice", "-n", "19", str(LLAMA_BIN / "llama-simple"), "-m", str(gguf), "-n",
+    done = subprocess.run([str(LLAMA_BIN / "llama-simple"), "-m", str(gguf), "-n",
                            str(new_tokens), prompt], capture_output=True)
     text = done.stdout.decode("utf-8", errors="replace").removesuffix("\n")
     return {"rc": done.returncode, "prompt_echoed": text.startswith(prompt),
