@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.danlu-installed
 ASSETS := minilm-l6 smollm2-135m rotten-tomatoes wnut-ner wiki-sample conll2003 squad peoples-daily chinese-sentiment counter-fitted keyboard-typos alpaca-en alpaca-zh xsum-sample
 # pip extras of danlu to install (pyproject.toml): `make setup EXTRAS=dev` leaves out the trackers of --report-to
 EXTRAS ?= dev,tracking
+# One lock for every timed benchmark (the scripts' own docstrings name it too): two at once on 2 cores skew both.
+CPU_LOCK := /tmp/danlu-cpu.lock
 
 .PHONY: setup quickstart test bench bench-compress bench-serve-setup bench-serve bench-gguf-setup bench-gguf bench-sft-setup bench-sft clean chromium FORCE
 
@@ -50,14 +52,14 @@ bench: $(STAMP)
 COMPRESS_OUT ?= runs/compress
 bench-compress: $(STAMP)
 	test -x /work/bench-venv-optimum/bin/python || $(PY) benchmarks/compress_vs_peers.py --setup
-	flock /tmp/danlu-bench.lock $(PY) benchmarks/compress_vs_peers.py --variant $(COMPRESS_OUT)/chosen
+	flock $(CPU_LOCK) $(PY) benchmarks/compress_vs_peers.py --variant $(COMPRESS_OUT)/chosen
 
 # llama.cpp for the serving benchmark lives in its own venv (never the project's), built with flags that work here.
 bench-serve-setup: $(STAMP)
 	$(PY) benchmarks/serve_load.py --setup --servers danlu --levels 1 --duration 1 --rounds 1 --out /tmp/serve_load_setup.json
 
 bench-serve: $(STAMP)
-	flock /tmp/danlu-bench.lock $(PY) benchmarks/serve_load.py
+	flock $(CPU_LOCK) $(PY) benchmarks/serve_load.py
 
 # llama.cpp for benchmarks/gguf_llamacpp.py and tests/test_export_gguf_llamacpp.py: the xllamacpp wheel (upstream
 # llama.cpp's server linked into a Cython module, prebuilt, no dependencies), in its own small venv.
@@ -70,7 +72,7 @@ bench-gguf-setup:
 
 bench-gguf: $(STAMP)
 	test -x $(XLLAMA_VENV)/bin/python || $(MAKE) bench-gguf-setup
-	flock /tmp/danlu-bench.lock $(PY) benchmarks/gguf_llamacpp.py --llama-python $(XLLAMA_VENV)/bin/python
+	flock $(CPU_LOCK) $(PY) benchmarks/gguf_llamacpp.py --llama-python $(XLLAMA_VENV)/bin/python
 
 # TRL's SFTTrainer for benchmarks/sft_vs_trl.py, in its own venv (its transformers/peft pins are not ours);
 # danlu is installed there too (editable), since the worker reads the data and scores with danlu's code.
@@ -82,7 +84,7 @@ bench-sft-setup: $(STAMP)
 
 bench-sft: $(STAMP)
 	test -x $(TRL_VENV)/bin/python || $(MAKE) bench-sft-setup
-	flock /tmp/danlu-cpu.lock $(PY) benchmarks/sft_vs_trl.py --trl-python $(TRL_VENV)/bin/python
+	flock $(CPU_LOCK) $(PY) benchmarks/sft_vs_trl.py --trl-python $(TRL_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) build *.egg-info

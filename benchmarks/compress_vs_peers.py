@@ -2,7 +2,7 @@
 Runtime quantized pipeline (optimum-onnx), on the same token ids, in the same run.
 
     python benchmarks/compress_vs_peers.py --setup                    # once: the peer venv (see below)
-    flock /tmp/danlu-bench.lock python benchmarks/compress_vs_peers.py \
+    flock /tmp/danlu-cpu.lock python benchmarks/compress_vs_peers.py \
         --artifact /work/artifacts/quickstart/classifier --variant OUT/chosen
 
 optimum-onnx pins transformers 4.57, which danlu (transformers 5) cannot share a venv with: its part runs

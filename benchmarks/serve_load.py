@@ -23,7 +23,7 @@ inter-token latency p50/p99; and the ratios danlu / peer of the throughput.
 
     .venv/bin/python benchmarks/serve_load.py [--setup] [--duration 20] [--rounds 2] [--levels 1 4 16 64]
 
-Writes benchmarks/results/serve_load.json. Run the measurement alone: `flock /tmp/danlu-bench.lock ...`.
+Writes benchmarks/results/serve_load.json. Run the measurement alone: `flock /tmp/danlu-cpu.lock ...`.
 
 Between windows the script waits until the server is idle again (a drain probe: a 1-token request must
 come back), because a server that serialises requests (llama-cpp-python) keeps working on requests the
